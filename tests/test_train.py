@@ -1,0 +1,103 @@
+"""End-to-end: train(cfg) on small fixtures, the run directory and metrics.json."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import make_long_csv
+from tsformer.train import compose_config, train
+
+TINY = [
+    "data.context_length=48",
+    "data.horizon=12",
+    "data.test_start=2014-08-05 00:00",
+    "data.test_windows=2",
+    "data.test_stride=12",
+    "data.val_windows=2",
+    "data.batch_size=16",
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "model.d_ff=32",
+    "module.num_samples=20",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "print_metrics=false",
+]
+
+REQUIRED = ["test/rho50", "test/rho90", "test/mae", "test/crps", "baseline/seasonal_naive/rho50",
+            "baseline/seasonal_naive/rho90", "train/seconds"]
+
+
+def test_config_composes_with_defaults():
+    cfg = compose_config([])
+    assert cfg.task_name == "electricity"
+    assert cfg.model.attention.pattern == "logsparse"
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.data.path.endswith("data/electricity/df_electricity_sample.csv.gz")
+    cfg = compose_config(["model=transformer", "trainer.gradient_clip_algorithm=value"])
+    assert cfg.model.attention.pattern == "causal" and cfg.trainer.gradient_clip_algorithm == "value"
+
+
+def test_every_trainer_argument_is_overridable():
+    import inspect
+
+    import pytorch_lightning as pl
+
+    cfg = compose_config([])
+    names = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks", "default_root_dir"}
+    assert names <= set(cfg.trainer), names - set(cfg.trainer)
+
+
+def test_train_end_to_end(tmp_path):
+    data = tmp_path / "series.csv"
+    make_long_csv(data)
+    run = tmp_path / "run"
+    cfg = compose_config(TINY + [f"data.path={data}", f"run_dir={run}"])
+    metrics = train(cfg)
+    for k in REQUIRED:
+        assert k in metrics and metrics[k] == metrics[k], k  # present and not NaN
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == pytest.approx(metrics)
+    assert (run / "checkpoints" / "best.ckpt").exists() and (run / "checkpoints" / "last.ckpt").exists()
+    saved = OmegaConf.load(run / "config.yaml")
+    assert saved.data.path == str(data) and saved.trainer.max_steps == 6
+    assert (run / "logs" / "metrics.csv").exists()
+    assert metrics["train/steps"] == 6
+
+
+def test_seed_makes_runs_repeatable(tmp_path):
+    data = tmp_path / "series.csv"
+    make_long_csv(data)
+    out = []
+    for i in range(2):
+        cfg = compose_config(TINY + [f"data.path={data}", f"run_dir={tmp_path / f'r{i}'}", "seed=7"])
+        out.append(train(cfg))
+    for k in ("test/rho50", "test/crps", "best/val/loss"):
+        assert out[0][k] == out[1][k]
+
+
+def test_bad_data_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    cfg = compose_config(TINY + [f"data.path={tmp_path / 'missing.csv'}", f"run_dir={run}"])
+    with pytest.raises(ValueError, match="missing.csv: file not found"):
+        train(cfg)
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_it_learns_a_noisy_sine(tmp_path):
+    """R0.5 must fall well below the seasonal-naive figure of the same run."""
+    data = tmp_path / "sine.csv"
+    make_long_csv(data, n_series=2, days=60, noise=0.15, start="2014-06-10")
+    cfg = compose_config([
+        "data.context_length=48", "data.horizon=24", "data.test_start=2014-08-05 00:00", "data.test_windows=4",
+        "data.test_stride=24", "data.val_windows=2", "data.batch_size=32", "model.d_model=32", "model.n_layers=2",
+        "module.num_samples=50", "trainer.max_steps=250", "trainer.val_check_interval=125",
+        "trainer.enable_progress_bar=false", "print_metrics=false", f"data.path={data}", f"run_dir={tmp_path / 'run'}",
+    ])
+    m = train(cfg)
+    assert m["test/rho50"] < 0.85 * m["baseline/seasonal_naive/rho50"], m

@@ -1,0 +1,154 @@
+"""Train and evaluate any task x model from the configs in ``conf/``.
+
+    python -m tsformer.train task=electricity model=logsparse
+    python -m tsformer.train task=electricity model=transformer trainer.max_steps=200 seed=1
+
+:func:`train` is the pure entry point (config in, metrics out) that tests and scripts
+call; :func:`main` is the thin Hydra wrapper behind the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+
+# Configs name shipped files relative to the repository, so the command works from any
+# working directory.
+OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+
+log = logging.getLogger("tsformer")
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The composed config for ``overrides``, as the command line would build it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON via a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A two-column text table of the metrics."""
+    width = max(len(k) for k in metrics) if metrics else 10
+    rows = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 12}"]
+    for k in sorted(metrics):
+        v = metrics[k]
+        rows.append(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return "\n".join(rows)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, test and evaluate baselines for one configured run.
+
+    Writes to ``cfg.run_dir``: ``config.yaml`` (resolved), ``checkpoints/best.ckpt`` and
+    ``checkpoints/last.ckpt``, ``metrics.json`` and the logger's files. Nothing is written
+    before the data has been read and validated.
+
+    Args:
+        cfg: a composed config (see :func:`compose_config`); ``cfg.run_dir`` must be set.
+    Returns:
+        The flat metrics dict also written to ``metrics.json``.
+    """
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    if cfg.get("run_dir") is None:
+        raise ValueError("cfg.run_dir is not set; pass run_dir=<dir>")
+    run_dir = Path(cfg.run_dir).absolute()
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")  # reads and validates the data before anything is written
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    net = instantiate(cfg.model, _convert_="all", **datamodule.model_kwargs())
+    module = instantiate(cfg.module, _convert_="all", net=net)
+
+    has_val = bool(datamodule.val_dataloader())
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=cfg.get("monitor") if has_val else None,
+        mode=cfg.get("monitor_mode", "min"),
+        save_last=True,
+        enable_version_counter=False,
+    )
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer_kwargs = {} if has_val else {"limit_val_batches": 0}
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=logger, callbacks=[checkpoint], default_root_dir=str(run_dir), **trainer_kwargs
+    )
+    if trainer.accelerator.__class__.__name__ == "CUDAAccelerator":
+        torch.set_float32_matmul_precision("high")
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+
+    best = checkpoint.best_model_path or checkpoint.last_model_path or None
+    if best and not checkpoint.best_model_path and checkpoint.last_model_path:
+        # No validation: "best" is the last state.
+        import shutil
+
+        shutil.copyfile(checkpoint.last_model_path, run_dir / "checkpoints" / "best.ckpt")
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+
+    metrics: dict[str, float] = {}
+    for k, v in (results[0] if results else {}).items():
+        metrics[k] = float(v)
+    baselines = getattr(type(module), "baselines", None)
+    if baselines is not None:  # task-specific reference figures on the same test split
+        metrics.update(baselines(datamodule))
+    metrics["train/seconds"] = round(train_seconds, 3)
+    metrics["train/steps"] = int(trainer.global_step)
+    if checkpoint.best_model_score is not None:
+        metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        if cfg.get("print_metrics", True):
+            print("\n" + format_metrics(metrics))
+            print(f"\nRun directory: {run_dir}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.get("run_dir") is None:
+        cfg.run_dir = HydraConfig.get().runtime.output_dir
+    metrics = train(cfg)
+    target = cfg.get("optimized_metric")
+    return metrics.get(target) if target else None
+
+
+if __name__ == "__main__":
+    main()
