@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tsformer.data.readers import DataError, SeriesTable, read_series
+from tsformer.data.samplers import ShardedSampler
 
 
 def time_features(index: pd.DatetimeIndex) -> tuple[np.ndarray, list[str]]:
@@ -179,6 +180,7 @@ class ForecastingDataModule(pl.LightningDataModule):
         eval_batch_size: int = 32,
         num_workers: int = 0,
         reader: dict | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.path = path
@@ -193,7 +195,9 @@ class ForecastingDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.reader = dict(reader or {})
+        self.seed = seed
         self.table: SeriesTable | None = None
+        self.resume_batches = 0  # batches of the current epoch already trained (set on resume)
 
     # -- set-up ---------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -254,18 +258,24 @@ class ForecastingDataModule(pl.LightningDataModule):
     # -- loaders ----------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         ds = TrainWindows(self.windows, self.train_items, self.context_length, self.horizon)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=len(ds) > self.batch_size,
+        sampler = ShardedSampler(len(ds), shuffle=True, seed=self.seed)
+        if self.resume_batches:
+            sampler.skip(self.resume_batches * self.batch_size)
+            self.resume_batches = 0
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(ds) > self.batch_size,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _eval_loader(self, ds: Dataset) -> DataLoader:
+        sampler = ShardedSampler(len(ds), shuffle=False)
+        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self.val_items) == 0:
             return []
-        ds = TrainWindows(self.windows, self.val_items, self.context_length, self.horizon)
-        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        return self._eval_loader(TrainWindows(self.windows, self.val_items, self.context_length, self.horizon))
 
     def test_dataloader(self) -> DataLoader:
-        ds = ForecastWindows(self.windows, self.test_items, self.context_length, self.horizon)
-        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        return self._eval_loader(ForecastWindows(self.windows, self.test_items, self.context_length, self.horizon))
 
     # -- baselines --------------------------------------------------------------
     def seasonal_naive(self, season: int | None = None) -> tuple[np.ndarray, np.ndarray]:

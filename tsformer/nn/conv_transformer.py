@@ -214,6 +214,7 @@ class ConvTransformerForecaster(nn.Module):
         series: Tensor,
         num_samples: int = 100,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Ancestral sampling of future paths.
 
@@ -222,6 +223,9 @@ class ConvTransformerForecaster(nn.Module):
             covariates: ``(B, C + H, F)`` covariates of the context and the horizon.
             series: ``(B,)``.
             num_samples: sample paths per series.
+            generator: random source for the draws.
+            noise: optional ``(B, num_samples, H)`` standard-normal draws to use instead,
+                so that forecasts do not depend on batching or on the global random state.
         Returns:
             ``(B, num_samples, H)`` scaled sample paths.
         """
@@ -239,9 +243,10 @@ class ConvTransformerForecaster(nn.Module):
         mu, sigma = self.head(self.ln(x[:, -1:]))
         mu, sigma = mu.repeat_interleave(S, 0), sigma.repeat_interleave(S, 0)
         sid = series.repeat_interleave(S, 0)
+        eps = None if noise is None else noise.reshape(B * S, H)
         out = []
         for h in range(H):
-            draw = GaussianHead.sample(mu[:, -1], sigma[:, -1], generator)
+            draw = GaussianHead.sample(mu[:, -1], sigma[:, -1], generator, None if eps is None else eps[:, h])
             out.append(draw)
             if h == H - 1:
                 break

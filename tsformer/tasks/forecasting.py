@@ -22,6 +22,7 @@ class ForecastingModule(pl.LightningModule):
         warmup_steps: linear learning-rate warm-up, then cosine decay to ``max_steps``.
         num_samples: sample paths per test forecast.
         quantiles: quantiles reported by ``predict_step``.
+        sample_seed: seed of the per-window forecast draws (None: global random state).
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class ForecastingModule(pl.LightningModule):
         warmup_steps: int = 50,
         num_samples: int = 100,
         quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
+        sample_seed: int | None = 0,
     ):
         super().__init__()
         self.net = net
@@ -56,9 +58,23 @@ class ForecastingModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["series"]))
 
     # -- test: rolling forecasts ---------------------------------------------
-    def forecast(self, batch: dict[str, Tensor], num_samples: int | None = None) -> Tensor:
-        """Sample paths on the original scale: ``(B, S, H)``."""
-        s = self.net.sample(batch["inputs"], batch["covariates"], batch["series"], num_samples or self.hparams.num_samples)
+    def forecast(self, batch: dict[str, Tensor], num_samples: int | None = None, seed: int | None = None) -> Tensor:
+        """Sample paths on the original scale: ``(B, S, H)``.
+
+        With ``seed`` (default: the module's ``sample_seed``), each window's draws come from
+        its own generator seeded by (seed, series, start): a forecast is the same whatever
+        the batch, the process count or the global random state.
+        """
+        S = num_samples or self.hparams.num_samples
+        H = batch["covariates"].shape[1] - batch["inputs"].shape[1] + 1
+        seed = self.hparams.sample_seed if seed is None else seed
+        noise = None
+        if seed is not None and "start" in batch:
+            noise = torch.stack([
+                torch.randn(S, H, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(n) * 100_003 + int(t)))
+                for n, t in zip(batch["series"].tolist(), batch["start"].tolist())
+            ]).to(batch["inputs"].device, batch["inputs"].dtype)
+        s = self.net.sample(batch["inputs"], batch["covariates"], batch["series"], S, noise=noise)
         return s * batch["scale"][:, None, None]
 
     def on_test_epoch_start(self) -> None:
