@@ -12,6 +12,15 @@ from tsformer.metrics import ForecastAccumulator, point_forecast_metrics
 from tsformer.nn.likelihoods import GaussianHead
 
 
+def forecast_batch(
+    net: nn.Module, batch: dict[str, Tensor], num_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Sample paths of a forecast-window batch on the original scale: ``(B, S, H)``."""
+    kw = {"static": batch["static"]} if "static" in batch else {}
+    s = net.sample(batch["inputs"], batch["covariates"], batch["series"], num_samples, generator=generator, **kw)
+    return s * batch["scale"][:, None, None]
+
+
 class ForecastingModule(pl.LightningModule):
     """Trains a forecaster by Gaussian negative log-likelihood; tests by sampling.
 
@@ -39,7 +48,7 @@ class ForecastingModule(pl.LightningModule):
         self.acc = ForecastAccumulator()
 
     def _loss(self, batch: dict[str, Tensor], from_pos: int = 0) -> Tensor:
-        mu, sigma = self.net(batch["inputs"], batch["covariates"], batch["series"])
+        mu, sigma = self.net(batch["inputs"], batch["covariates"], batch["series"], batch.get("static"))
         w = batch["observed"].clone()
         w[:, :from_pos] = 0
         return GaussianHead.nll(mu, sigma, batch["target"], w)
@@ -56,10 +65,11 @@ class ForecastingModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["series"]))
 
     # -- test: rolling forecasts ---------------------------------------------
-    def forecast(self, batch: dict[str, Tensor], num_samples: int | None = None) -> Tensor:
+    def forecast(
+        self, batch: dict[str, Tensor], num_samples: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Sample paths on the original scale: ``(B, S, H)``."""
-        s = self.net.sample(batch["inputs"], batch["covariates"], batch["series"], num_samples or self.hparams.num_samples)
-        return s * batch["scale"][:, None, None]
+        return forecast_batch(self.net, batch, num_samples or self.hparams.num_samples, generator)
 
     def on_test_epoch_start(self) -> None:
         self.acc = ForecastAccumulator()
