@@ -25,7 +25,8 @@ def time_features(index: pd.DatetimeIndex) -> tuple[np.ndarray, list[str]]:
     Returns:
         ``(T, F)`` float32 array and the ``F`` feature names.
     """
-    step = pd.Timedelta(index.freq) if index.freq is not None else index[1] - index[0]
+    # (pandas 3's Day offset does not convert to a Timedelta: take the step from the index)
+    step = index[1] - index[0] if len(index) > 1 else pd.Timedelta(pd.tseries.frequencies.to_offset(index.freq).nanos)
     feats, names = [], []
     if step < pd.Timedelta("1h"):
         feats.append(index.minute / 59.0 - 0.5)
