@@ -60,13 +60,23 @@ def _as_list(x) -> list[str]:
     return [str(c) for c in x]
 
 
+def nearest_name(name: str, columns: list[str]) -> str | None:
+    """The column most likely meant: same letters in another order or case, else the closest."""
+    low = name.lower()
+    for c in columns:
+        if c.lower() == low or sorted(c.lower()) == sorted(low):
+            return c
+    near = difflib.get_close_matches(name, columns, n=1, cutoff=0.5)
+    return near[0] if near else None
+
+
 def _check_columns(source: str, columns: list[str], wanted: dict[str, list[str]]) -> None:
     """Raise naming the config key and the nearest existing column for a missing column."""
     for key, names in wanted.items():
         for c in names:
             if c not in columns:
-                near = difflib.get_close_matches(c, columns, n=1, cutoff=0.5)
-                hint = f" Did you mean {near[0]!r}?" if near else ""
+                near = nearest_name(c, columns)
+                hint = f" Did you mean {near!r}?" if near else ""
                 raise DataError(f"{source}: no column {c!r} (data.{key}).{hint} Columns are: {columns}")
 
 
