@@ -14,7 +14,6 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 

@@ -85,8 +85,8 @@ def test_tsf_holds_everything_and_loads_without_pickle(trained):
 
 def test_incompatible_version_is_a_clear_error(trained, tmp_path):
     _, _, run, _, _ = trained
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     src = export(run, tmp_path / "m.tsf")
     with safe_open(str(src), framework="pt") as f:

@@ -33,8 +33,8 @@ def test_global_fit_predict_quantiles():
 
 
 def test_from_exported_model(tmp_path):
-    from tests.test_export_forecast import SMALL
     from tests.data.test_user_csv import long_frame, write
+    from tests.test_export_forecast import SMALL
     from tsformer.export import export
     from tsformer.train import compose_config, train
 

@@ -195,7 +195,7 @@ class CSVForecastingDataModule(ForecastingDataModule):
         self._build(table, predict=stage == "predict")
 
     def _build(self, table: UserTable, predict: bool) -> None:
-        C, H = self.context_length, self.horizon
+        H = self.horizon
         values = table.values
         if self.missing == "interpolate":
             values = interpolate_inside(values)
