@@ -228,5 +228,7 @@ class LogSparseForecaster(BaseForecaster):
         """Tiny settings for sktime's conformance tests."""
         small = {"d_model": 8, "n_heads": 2, "n_layers": 1, "d_ff": 16, "max_steps": 2, "batch_size": 8,
                  "num_samples": 8}
-        # One set only: each set multiplies the (minutes-long) conformance suite.
-        return [{**small, "context_length": 8, "horizon": 3}]
+        return [
+            {**small, "context_length": 8, "horizon": 3},
+            {**small, "context_length": 4, "horizon": 2, "conv_kernel": 1, "random_state": 1},
+        ]
