@@ -26,7 +26,8 @@ def time_features(index: pd.DatetimeIndex) -> tuple[np.ndarray, list[str]]:
     Returns:
         ``(T, F)`` float32 array and the ``F`` feature names.
     """
-    step = pd.Timedelta(index.freq) if index.freq is not None else index[1] - index[0]
+    # (pandas 3's Day offset does not convert to a Timedelta: take the step from the index)
+    step = index[1] - index[0] if len(index) > 1 else pd.Timedelta(pd.tseries.frequencies.to_offset(index.freq).nanos)
     feats, names = [], []
     if step < pd.Timedelta("1h"):
         feats.append(index.minute / 59.0 - 0.5)
@@ -70,6 +71,8 @@ class Windows:
     values: np.ndarray  # (T, N), NaN = missing
     time_feats: np.ndarray  # (T, F)
     age: np.ndarray  # (T, N)
+    static: np.ndarray | None = None  # (N, S) static category codes
+    series_index: np.ndarray | None = None  # (N,) embedding row of each column (-1: unknown)
 
     @property
     def num_covariates(self) -> int:
@@ -77,6 +80,14 @@ class Windows:
 
     def covariates(self, n: int, lo: int, hi: int) -> np.ndarray:
         return np.concatenate([self.time_feats[lo:hi], self.age[lo:hi, n, None]], axis=1)
+
+    def ids(self, n: int) -> dict[str, torch.Tensor]:
+        """The ``series`` id (and ``static`` codes, when any) of column ``n``."""
+        sid = n if self.series_index is None else int(self.series_index[n])
+        out = {"series": torch.tensor(sid, dtype=torch.long)}
+        if self.static is not None:
+            out["static"] = torch.from_numpy(self.static[n].astype(np.int64))
+        return out
 
 
 class TrainWindows(Dataset):
@@ -107,7 +118,7 @@ class TrainWindows(Dataset):
             "target": torch.from_numpy(z[1:].astype(np.float32)),
             "observed": torch.from_numpy(observed.astype(np.float32)),
             "covariates": torch.from_numpy(self.w.covariates(n, lo, s + H)),
-            "series": torch.tensor(n, dtype=torch.long),
+            **self.w.ids(n),
             "scale": torch.tensor(scale, dtype=torch.float32),
         }
 
@@ -139,7 +150,7 @@ class ForecastWindows(Dataset):
         return {
             "inputs": torch.from_numpy(np.nan_to_num(past / scale, nan=0.0).astype(np.float32)),
             "covariates": torch.from_numpy(self.w.covariates(n, lo, s + H)),
-            "series": torch.tensor(n, dtype=torch.long),
+            **self.w.ids(n),
             "scale": torch.tensor(scale, dtype=torch.float32),
             "future": torch.from_numpy(future),
             "start": torch.tensor(s, dtype=torch.long),

@@ -152,10 +152,14 @@ class ConvTransformerForecaster(nn.Module):
         num_covariates: covariates per step.
         d_model, n_heads, n_layers, d_ff: Transformer sizes.
         conv_kernel: convolution width for queries and keys (``k`` in the paper).
-        embedding_dim: size of the series-id embedding.
+        embedding_dim: size of the series-id embedding. A series id ``-1`` (a series not
+            seen in training) gets the mean of the learned embeddings.
         dropout: dropout rate.
         attention: pattern settings, ``pattern`` (``logsparse``, ``causal``) and its
             options (``local``, ``restart``), and ``kernel`` (``auto``, ``reference``, ...).
+        static_cardinalities: number of categories of each static categorical series
+            feature (code 0 = unknown); each gets its own embedding.
+        static_embedding_dim: size of each static feature's embedding.
     """
 
     def __init__(
@@ -170,6 +174,8 @@ class ConvTransformerForecaster(nn.Module):
         embedding_dim: int = 16,
         dropout: float = 0.1,
         attention: dict[str, Any] | None = None,
+        static_cardinalities: list[int] | None = None,
+        static_embedding_dim: int = 4,
     ):
         super().__init__()
         att = dict(attention or {"pattern": "logsparse"})
@@ -179,31 +185,48 @@ class ConvTransformerForecaster(nn.Module):
             raise ValueError(f"a forecaster needs a causal attention pattern, got {self.pattern}")
         self.num_series = num_series
         self.embed = nn.Embedding(max(num_series, 1), embedding_dim)
-        self.inp = nn.Linear(1 + num_covariates + embedding_dim, d_model)
+        cards = [int(c) for c in (static_cardinalities or [])]
+        self.static_embeds = nn.ModuleList(nn.Embedding(max(c, 1), static_embedding_dim) for c in cards)
+        self.inp = nn.Linear(1 + num_covariates + embedding_dim + len(cards) * static_embedding_dim, d_model)
         self.blocks = nn.ModuleList(
             ConvTransformerBlock(d_model, n_heads, d_ff, conv_kernel, kernel, dropout) for _ in range(n_layers)
         )
         self.ln = nn.LayerNorm(d_model)
         self.head = GaussianHead(d_model)
 
-    def forward(self, inputs: Tensor, covariates: Tensor, series: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, inputs: Tensor, covariates: Tensor, series: Tensor, static: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Distribution of each position's value given everything before it.
 
         Args:
             inputs: ``(B, L)`` previous scaled values.
             covariates: ``(B, L, F)``.
-            series: ``(B,)`` series ids.
+            series: ``(B,)`` series ids (``-1``: unknown series).
+            static: ``(B, S)`` static category codes (``S = len(static_cardinalities)``).
         Returns:
             ``mu, sigma``: each ``(B, L)``.
         """
-        x = self._embed(inputs, covariates, series)
+        x = self._embed(inputs, covariates, series, static)
         for block in self.blocks:
             x = block(x, self.pattern)
         return self.head(self.ln(x))
 
-    def _embed(self, inputs: Tensor, covariates: Tensor, series: Tensor) -> Tensor:
+    def series_features(self, series: Tensor, static: Tensor | None = None) -> Tensor:
+        """``(B, E)`` per-series input features: id embedding and static embeddings."""
+        known = self.embed(series.clamp(0, self.embed.num_embeddings - 1))
+        # A series unseen in training: the average series.
+        emb = torch.where((series < 0)[:, None], self.embed.weight.mean(0).expand_as(known), known)
+        if len(self.static_embeds):
+            if static is None:
+                static = torch.zeros(len(series), len(self.static_embeds), dtype=torch.long, device=series.device)
+            parts = [e(static[:, i].clamp(0, e.num_embeddings - 1)) for i, e in enumerate(self.static_embeds)]
+            emb = torch.cat([emb, *parts], dim=-1)
+        return emb
+
+    def _embed(self, inputs: Tensor, covariates: Tensor, series: Tensor, static: Tensor | None = None) -> Tensor:
         B, L = inputs.shape
-        emb = self.embed(series.clamp(0, self.embed.num_embeddings - 1))[:, None, :].expand(B, L, -1)
+        emb = self.series_features(series, static)[:, None, :].expand(B, L, -1)
         return self.inp(torch.cat([inputs[..., None], covariates, emb], dim=-1))
 
     @torch.no_grad()
@@ -215,6 +238,7 @@ class ConvTransformerForecaster(nn.Module):
         num_samples: int = 100,
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
+        static: Tensor | None = None,
     ) -> Tensor:
         """Ancestral sampling of future paths.
 
@@ -226,6 +250,7 @@ class ConvTransformerForecaster(nn.Module):
             generator: random source for the draws.
             noise: optional ``(B, num_samples, H)`` standard-normal draws to use instead,
                 so that forecasts do not depend on batching or on the global random state.
+            static: ``(B, S)`` static category codes.
         Returns:
             ``(B, num_samples, H)`` scaled sample paths.
         """
@@ -235,7 +260,7 @@ class ConvTransformerForecaster(nn.Module):
         L = covariates.shape[1]
         H = L - C1 + 1
         S = num_samples
-        x = self._embed(inputs, covariates[:, :C1], series)
+        x = self._embed(inputs, covariates[:, :C1], series, static)
         states = []
         for block in self.blocks:
             x, st = block.prefill(x, self.pattern, L, S)
@@ -244,6 +269,7 @@ class ConvTransformerForecaster(nn.Module):
         mu, sigma = mu.repeat_interleave(S, 0), sigma.repeat_interleave(S, 0)
         sid = series.repeat_interleave(S, 0)
         eps = None if noise is None else noise.reshape(B * S, H)
+        sst = None if static is None else static.repeat_interleave(S, 0)
         out = []
         for h in range(H):
             draw = GaussianHead.sample(mu[:, -1], sigma[:, -1], generator, None if eps is None else eps[:, h])
@@ -252,7 +278,7 @@ class ConvTransformerForecaster(nn.Module):
                 break
             pos = C1 + h
             cov = covariates[:, pos : pos + 1].repeat_interleave(S, 0)
-            xt = self._embed(draw[:, None], cov, sid)
+            xt = self._embed(draw[:, None], cov, sid, sst)
             for block, st in zip(self.blocks, states):
                 xt = block.step(xt, st, self.pattern)
             mu, sigma = self.head(self.ln(xt))
@@ -266,6 +292,7 @@ class ConvTransformerForecaster(nn.Module):
         series: Tensor,
         num_samples: int = 100,
         generator: torch.Generator | None = None,
+        static: Tensor | None = None,
     ) -> Tensor:
         """:meth:`sample` by re-running the whole sequence each step: slow, for tests."""
         B, C1 = inputs.shape
@@ -275,10 +302,11 @@ class ConvTransformerForecaster(nn.Module):
         x = inputs.repeat_interleave(S, 0)
         cov = covariates.repeat_interleave(S, 0)
         sid = series.repeat_interleave(S, 0)
+        sst = None if static is None else static.repeat_interleave(S, 0)
         out = []
         for h in range(H):
             n = C1 + h  # positions 0..n-1 have inputs; we predict position n-1
-            mu, sigma = self(x, cov[:, :n], sid)
+            mu, sigma = self(x, cov[:, :n], sid, sst)
             draw = GaussianHead.sample(mu[:, -1], sigma[:, -1], generator)
             out.append(draw)
             x = torch.cat([x, draw[:, None]], dim=1)
