@@ -73,46 +73,66 @@ class ConvSelfAttention(nn.Module):
         v = self.v(x).view(B, L, self.n_heads, C // self.n_heads).transpose(1, 2)
         o = attention(q, k, v, pattern, kernel=self.kernel)
         out = self.drop(self.out(o.transpose(1, 2).reshape(B, L, C)))
-        keys = k.new_zeros(B * repeat, self.n_heads, max_len, C // self.n_heads)
-        values = torch.zeros_like(keys)
-        keys[:, :, :L] = k.repeat_interleave(repeat, 0)
-        values[:, :, :L] = v.repeat_interleave(repeat, 0)
+        # The prefix is shared by all sample paths of a series: keep it once, and give each
+        # path its own buffer only for the positions it decodes.
+        suffix = k.new_zeros(B, self.n_heads, repeat, max(max_len - L, 0), C // self.n_heads)
         tail = xc[:, :, xc.shape[-1] - (self.kernel_size - 1) :].repeat_interleave(repeat, 0)
-        return out, DecodeState(tail, keys, values, L)
+        return out, DecodeState(tail, k, v, suffix, torch.zeros_like(suffix), L, repeat)
 
     def step(self, x: Tensor, state: DecodeState, pattern: Pattern) -> Tensor:
-        """Output at the next position from its input ``x`` ``(B, 1, d_model)``; updates ``state``."""
-        B, _, C = x.shape
-        t = state.length
-        window = torch.cat([state.tail, x.transpose(1, 2)], dim=-1)  # (B, C, k)
-        q, k = self.qk(window).chunk(2, dim=1)  # (B, C, 1)
-        q = q.view(B, self.n_heads, C // self.n_heads, 1).transpose(-1, -2)
-        state.keys[:, :, t] = k.view(B, self.n_heads, C // self.n_heads)
-        state.values[:, :, t] = self.v(x).view(B, self.n_heads, C // self.n_heads)
+        """Output at the next position from its input ``x`` ``(B * repeat, 1, d_model)``; updates ``state``."""
+        BS, _, C = x.shape
+        H, D = self.n_heads, C // self.n_heads
+        t, P, R = state.length, state.prefix_len, state.repeat
+        window = torch.cat([state.tail, x.transpose(1, 2)], dim=-1)  # (BS, C, k)
+        # A convolution over exactly k positions is one matrix product.
+        q, k = F.linear(window.flatten(1), self.qk.weight.flatten(1), self.qk.bias).chunk(2, dim=1)  # (BS, C)
+        state.keys[:, :, :, t - P] = k.view(BS // R, R, H, D).transpose(1, 2)
+        state.values[:, :, :, t - P] = self.v(x).view(BS // R, R, H, D).transpose(1, 2)
         state.tail = window[:, :, 1:]
         state.length = t + 1
-        # One query row: dense attention over the keys its pattern row allows.
-        keys_idx = torch.arange(t + 1, device=x.device)
+        # One query row over the keys its pattern row allows: shared prefix plus own suffix,
+        # joined in one softmax.
         zero = torch.zeros((), dtype=torch.long, device=x.device)
-        row = pattern.mask_fn(t + 1, t + 1, x.device)(zero, zero, torch.tensor(t, device=x.device), keys_idx)
-        o = dense_attention(q, state.keys[:, :, : t + 1], state.values[:, :, : t + 1], row.view(1, 1, 1, -1))
-        return self.drop(self.out(o.transpose(1, 2).reshape(B, 1, C)))
+        row = pattern.mask_fn(t + 1, t + 1, x.device)(zero, zero, torch.tensor(t, device=x.device),
+                                                      torch.arange(t + 1, device=x.device))
+        scale = D**-0.5
+        qh = q.view(BS // R, R, H, D).transpose(1, 2)  # (B, H, R, D)
+        s_pre = torch.matmul(qh, state.prefix_keys.transpose(-1, -2)) * scale  # (B, H, R, P)
+        n = t + 1 - P
+        suf_k, suf_v = state.keys[:, :, :, :n], state.values[:, :, :, :n]  # (B, H, R, n, D) views
+        s_suf = torch.matmul(qh.unsqueeze(-2), suf_k.transpose(-1, -2)).squeeze(-2) * scale  # (B, H, R, n)
+        scores = torch.cat([s_pre, s_suf], dim=-1).masked_fill(~row, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        o = torch.matmul(probs[..., :P], state.prefix_values)
+        o = o + torch.matmul(probs[..., P:].unsqueeze(-2), suf_v).squeeze(-2)
+        o = o.transpose(1, 2).reshape(BS, 1, C)  # (B, R, H, D) -> rows in (series, path) order
+        return self.drop(self.out(o))
 
 
 @dataclass
 class DecodeState:
-    """Per-layer state of incremental decoding.
+    """Per-layer state of incremental decoding for ``repeat`` sample paths per series.
 
     Attributes:
-        tail: ``(B, d_model, k - 1)`` last attention inputs, for the causal convolution.
-        keys, values: ``(B, H, max_len, D)`` buffers, filled up to ``length``.
-        length: positions decoded so far.
+        tail: ``(B * repeat, d_model, k - 1)`` last attention inputs, for the causal convolution.
+        prefix_keys, prefix_values: ``(B, H, prefix_len, D)``, shared by a series' paths.
+        keys, values: ``(B, H, repeat, max_len - prefix_len, D)`` per-path buffers.
+        length: positions decoded so far (prefix included).
+        prefix_len: length of the shared prefix.
+        repeat: sample paths per series.
     """
 
     tail: Tensor
+    prefix_keys: Tensor
+    prefix_values: Tensor
     keys: Tensor
     values: Tensor
     length: int
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        self.prefix_len = self.prefix_keys.shape[-2]
 
 
 class ConvTransformerBlock(nn.Module):
