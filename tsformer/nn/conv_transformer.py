@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.attention import Pattern, attention, get_kernel, pattern_from_config
-from tsformer.attention.reference import dense_attention
 from tsformer.nn.likelihoods import GaussianHead
 
 
