@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from tsformer.attention._common import attend, check_qkv
 from tsformer.attention.patterns import LogSparse, Pattern, unwrap
 
-# Elements of one (B, H, rows, D) chunk temporary: ~1 MiB of fp32, cache-sized.
-_ROW_CHUNK_ELEMS = 1 << 18
+# Elements of one (B, H, rows, D) chunk temporary (4 MiB fp32): measured fastest on CPU.
+_ROW_CHUNK_ELEMS = 1 << 20
 
 
 def _bias(pattern: LogSparse, offsets: list[int], key_bias: Tensor | None, L: int, dtype, device) -> Tensor:
@@ -63,8 +63,9 @@ def _scores(qc: Tensor, k: Tensor, offsets: list[int], c0: int, c1: int, out: Te
 class _LogSparseFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, offsets: list[int], scale: float):
+        assert offsets[0] == 0
         B, H, L, D = q.shape
-        out = torch.zeros_like(q)
+        out = torch.empty_like(q)  # offset 0 writes every row first (offsets[0] == 0)
         lse = q.new_empty(B, H, L)
         C = _row_chunk(q)
         n = len(offsets)
@@ -81,7 +82,8 @@ class _LogSparseFn(torch.autograd.Function):
             s.div_(denom.clamp_min(torch.finfo(q.dtype).tiny))
             lse[:, :, c0:c1] = (mx + denom.log()).squeeze(-1)
             oc = out[:, :, c0:c1]
-            for j, d in enumerate(offsets):
+            torch.mul(s[:, :, :, 0, None], v[:, :, c0:c1], out=oc)
+            for j, d in enumerate(offsets[1:], start=1):
                 lo = max(c0, d)
                 if lo < c1:
                     oc[:, :, lo - c0 :].addcmul_(s[:, :, lo - c0 :, j, None], v[:, :, lo - d : c1 - d])
@@ -99,7 +101,9 @@ class _LogSparseFn(torch.autograd.Function):
             dout = torch.zeros_like(q)
         # Rows with no key have lse = -inf; +inf makes their probabilities exp(-inf) = 0.
         lse_safe = lse.masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        # Offset 0 writes rows [c0, c1) of dq, dk, dv first: earlier chunks only touch rows
+        # below c0, so plain writes replace a zero fill of three L x D tensors.
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         C = _row_chunk(q)
         n = len(offsets)
         for c0 in range(0, L, C):
@@ -118,7 +122,10 @@ class _LogSparseFn(torch.autograd.Function):
                 ds.add_(dlse[:, :, c0:c1, None])
             ds.mul_(p)
             dqc = dq[:, :, c0:c1]
-            for j, d in enumerate(offsets):
+            torch.mul(ds[:, :, :, 0, None], k[:, :, c0:c1], out=dqc)
+            torch.mul(ds[:, :, :, 0, None], qc, out=dk[:, :, c0:c1])
+            torch.mul(p[:, :, :, 0, None], doc, out=dv[:, :, c0:c1])
+            for j, d in enumerate(offsets[1:], start=1):
                 lo = max(c0, d)
                 if lo >= c1:
                     continue

@@ -12,8 +12,8 @@ Patterns compose: ``with_padding`` adds key padding to any pattern and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -51,11 +51,11 @@ class Pattern:
         zero = torch.zeros((), dtype=torch.long, device=device)
         return fn(zero, zero, q, k).expand(q_len, k_len).clone()
 
-    def with_padding(self, lengths: Tensor) -> "KeyPadding":
+    def with_padding(self, lengths: Tensor) -> KeyPadding:
         """Return this pattern restricted to the first ``lengths[b]`` keys of each batch element."""
         return KeyPadding(self, lengths)
 
-    def with_globals(self, indices: tuple[int, ...] | list[int]) -> "GlobalTokens":
+    def with_globals(self, indices: tuple[int, ...] | list[int]) -> GlobalTokens:
         """Return this pattern with global tokens at ``indices`` (they see all, all see them)."""
         return GlobalTokens(self, tuple(int(i) for i in indices))
 
@@ -216,6 +216,10 @@ class KeyPadding(Pattern):
         lengths = self.lengths.to(dense.device)
         keep = torch.arange(k_len, device=dense.device)[None, :] < lengths[:, None]
         return (dense[None] & keep[:, None, :])[:, None]
+
+    def with_globals(self, indices: tuple[int, ...] | list[int]) -> KeyPadding:
+        """Global tokens inside the padding: padded keys stay invisible to global rows too."""
+        return KeyPadding(self.base.with_globals(indices), self.lengths)
 
 
 @dataclass(frozen=True)

@@ -98,27 +98,29 @@ class _WindowFn(torch.autograd.Function):
         vw = _windows(_pad_keys(v, before, Lp), nb, span, b)
         band = _band(b, span, before, after, q.dtype, q.device)
         bw = _key_bias_windows(key_bias, N, L, before, Lp, nb, span, b, q.dtype, q.device)
+        edges = _edges(key_bias, L, before, span, b, nb)
         out = q.new_empty(N, nb, b, D)
         lse = q.new_empty(N, nb, b)
         for n0, n1, m0, m1 in _chunks(N, nb, b, span):
             s = _bmm(qp[n0:n1, m0:m1] * scale, kw[n0:n1, m0:m1].transpose(-1, -2))
             s += band
-            s += bw[(n0 if bw.shape[0] > 1 else 0) : (n1 if bw.shape[0] > 1 else 1), m0:m1]
+            _add_key_bias(s, bw, n0, n1, m0, m1, edges)
             mx = s.amax(-1, keepdim=True)
             mx.masked_fill_(mx == float("-inf"), 0.0)  # rows with no key: exp(-inf) = 0
             s.sub_(mx).exp_()
             denom = s.sum(-1, keepdim=True)
             o = _bmm(s, vw[n0:n1, m0:m1])
-            out[n0:n1, m0:m1] = o / denom.clamp_min(torch.finfo(q.dtype).tiny)
+            out[n0:n1, m0:m1] = o.div_(denom.clamp_min(torch.finfo(q.dtype).tiny))
             lse[n0:n1, m0:m1] = (mx + denom.log()).squeeze(-1)
-        ctx.save_for_backward(q, k, v, key_bias, lse)
+        # The output is O(L D) like q, and rowsum(dO * O) from it is cheaper than from P dP.
+        ctx.save_for_backward(q, k, v, key_bias, lse, out)
         ctx.args = (before, after, scale)
         ctx.set_materialize_grads(False)
         return out.view(N, nb * b, D)[:, :L], lse.view(N, nb * b)[:, :L]
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v, key_bias, lse = ctx.saved_tensors
+        q, k, v, key_bias, lse, out = ctx.saved_tensors
         before, after, scale = ctx.args
         N, L, D = q.shape
         b = _block_size(before + after)
@@ -136,6 +138,10 @@ class _WindowFn(torch.autograd.Function):
         lse_safe = lse.masked_fill(lse == float("-inf"), float("inf")).unsqueeze(-1)
         band = _band(b, span, before, after, q.dtype, q.device)
         bw = _key_bias_windows(key_bias, N, L, before, Lp, nb, span, b, q.dtype, q.device)
+        edges = _edges(key_bias, L, before, span, b, nb)
+        delta = (dop * out).sum(-1, keepdim=True)  # (N, nb, b, 1) = rowsum(dO * O)
+        if dl is not None:
+            delta -= dl
         dq = q.new_empty(N, nb, b, D)
         dkp = q.new_zeros(N, Lp, D)
         dvp = q.new_zeros(N, Lp, D)
@@ -144,15 +150,11 @@ class _WindowFn(torch.autograd.Function):
             kc, vc = kw[n0:n1, m0:m1], vw[n0:n1, m0:m1]
             p = _bmm(qc, kc.transpose(-1, -2))
             p += band
-            p += bw[(n0 if bw.shape[0] > 1 else 0) : (n1 if bw.shape[0] > 1 else 1), m0:m1]
+            _add_key_bias(p, bw, n0, n1, m0, m1, edges)
             p.sub_(lse_safe[n0:n1, m0:m1]).exp_()
             doc = dop[n0:n1, m0:m1]
             ds = _bmm(doc, vc.transpose(-1, -2))  # dP
-            delta = (p * ds).sum(-1, keepdim=True)  # = rowsum(dO * O)
-            ds.sub_(delta)
-            if dl is not None:
-                ds.add_(dl[n0:n1, m0:m1])
-            ds.mul_(p)
+            ds.sub_(delta[n0:n1, m0:m1]).mul_(p)
             dq[n0:n1, m0:m1] = _bmm(ds, kc).mul_(scale)
             dkw = _bmm(ds.transpose(-1, -2), qc)  # (g, c, span, D)
             dvw = _bmm(p.transpose(-1, -2), doc)
@@ -168,6 +170,28 @@ def _key_bias_windows(key_bias, N, L, before, Lp, nb, span, b, dtype, device) ->
     kb = torch.full((1 if key_bias is None else key_bias.shape[0], Lp), float("-inf"), dtype=dtype, device=device)
     kb[:, before : before + L] = 0.0 if key_bias is None else key_bias
     return kb.as_strided((kb.shape[0], nb, 1, span), (Lp, b, 0, 1))
+
+
+def _edges(key_bias, L, before, span, b, nb) -> tuple[int, int] | None:
+    """Blocks ``[lo, hi)`` whose windows lie inside ``[0, L)``: they need no key bias when
+    ``key_bias`` is None. None: every block needs it."""
+    if key_bias is not None:
+        return None
+    lo = math.ceil(before / b)
+    hi = (L - span + before) // b + 1
+    return (lo, hi) if hi > lo else None
+
+
+def _add_key_bias(s: Tensor, bw: Tensor, n0, n1, m0, m1, edges) -> None:
+    """``s (g, c, b, span) += bw`` for blocks ``[m0, m1)``, skipping interior blocks."""
+    nsl = slice(n0, n1) if bw.shape[0] > 1 else slice(0, 1)
+    if edges is None:
+        s += bw[nsl, m0:m1]
+        return
+    lo, hi = edges
+    for a, z in ((m0, min(m1, lo)), (max(m0, hi), m1)):
+        if a < z:
+            s[:, a - m0 : z - m0] += bw[nsl, a:z]
 
 
 def _scatter_windows(dst: Tensor, win: Tensor, n0, n1, m0, m1, b, span, pieces) -> None:
