@@ -278,7 +278,7 @@ def nnz(pattern: Pattern, length: int) -> int:
         n = sum(length - d for d in core.offsets(length))
     elif isinstance(core, SlidingWindow):
         n = sum(
-            max(0, length - d * core.dilation)
+            max(0, length - abs(d) * core.dilation)
             for d in range(-core.after, core.before + 1)
         )
     else:
