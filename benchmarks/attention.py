@@ -282,7 +282,10 @@ def bench(args) -> tuple[list[dict], list[str]]:
     device = args.device
     peak = matmul_peak_flops(device)
     notes = [f"matmul peak measured: {peak / 1e9:.0f} GFLOP/s fp32"]
-    print(notes[0])
+    if hasattr(os, "getloadavg") and not device.startswith("cuda"):
+        # A shared CPU skews every time here; ratios within one run stay comparable.
+        notes.append(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("; ".join(notes))
     rows = []
     noted: set[tuple[str, str]] = set()
     for L in args.seq_lens:
@@ -432,8 +435,11 @@ def main(argv=None) -> None:
     p.add_argument("--append", action="store_true", help="merge into --out instead of replacing it")
     p.add_argument("--no-md", action="store_true", help="do not append to RESULTS.md")
     p.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--_memory", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args._memory:
         kernel, pname, L, device, grad = args._memory
         print(json.dumps({"added_mb": memory_child(kernel, pname, int(L), device, grad == "1")}))
