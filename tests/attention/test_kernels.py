@@ -37,7 +37,7 @@ PATTERNS = {
 # Odd, 1, and lengths that are not multiples of any block size (32/64/128).
 LENGTHS = [1, 2, 7, 33, 130]
 # Lengths per kernel: every length for the sparse kernels, a spread for the others.
-KERNEL_LENGTHS = {"sparse": LENGTHS, "flex": [1, 33, 130], "auto": [7, 130]}
+KERNEL_LENGTHS = {"sparse": LENGTHS, "sdpa": [1, 7, 33, 130], "flex": [1, 33, 130], "auto": [7, 130]}
 TOL = dict(rtol=1e-4, atol=2e-5)
 
 
@@ -182,14 +182,14 @@ def test_flex_refuses_cpu_backward():
 def test_registry_names():
     from tsformer.attention import KERNELS
 
-    assert {"reference", "flex", "sparse", "auto", "logsparse", "window"} <= set(KERNELS)
+    assert {"reference", "sdpa", "flex", "sparse", "auto", "logsparse", "window"} <= set(KERNELS)
 
 
 def test_auto_choice_on_cpu():
     q, k, v = _inputs(64)
     assert choose_kernel(q, LogSparse(), 0.0, k, v) == "sparse"
     assert choose_kernel(q, SlidingWindow(8).with_globals([0]), 0.0, k, v) == "sparse"
-    assert choose_kernel(q, Causal(), 0.0, k, v) == "reference"
+    assert choose_kernel(q, Causal(), 0.0, k, v) == "sdpa"
     assert choose_kernel(q, SlidingWindow(8), 0.1, k, v) == "reference"
     with torch.no_grad():
         long_q = torch.zeros(1, 1, 4096, 8)
@@ -198,7 +198,7 @@ def test_auto_choice_on_cpu():
     # Training at length: flex has no CPU backward, so auto must not pick it.
     long_q.requires_grad_(True)
     assert choose_kernel(long_q, SlidingWindow(512), 0.0) == "sparse"
-    assert choose_kernel(long_q, Full(), 0.0) == "reference"
+    assert choose_kernel(long_q, Full(), 0.0) == "sdpa"
 
 
 def test_auto_with_dropout_runs():
@@ -220,7 +220,7 @@ def test_flex_compiled_forward_cpu():
 
 
 @pytest.mark.parametrize("L", [1, 33, 300])
-@pytest.mark.parametrize("kernel", ["flex", "sparse", "auto"])
+@pytest.mark.parametrize("kernel", ["sdpa", "flex", "sparse", "auto"])
 @pytest.mark.parametrize("name", ["causal", "logsparse_restart5", "window5_dil2", "window5_globals"])
 @pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
 @pytest.mark.gpu

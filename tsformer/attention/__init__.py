@@ -7,6 +7,8 @@ returning None or the reason it cannot serve a request (``forward`` then raises
 :data:`KERNELS`, the names ``model.attention.kernel`` takes:
 
 - ``reference``: dense masked ``softmax(QK^T)V``, the ground truth (any pattern, dropout).
+- ``sdpa``: the same through PyTorch's fused ``scaled_dot_product_attention`` (flash /
+  memory-efficient kernels for full and causal; a dense boolean mask otherwise).
 - ``flex``: PyTorch FlexAttention with a block mask from the pattern; compiled; inference
   only on CPU (no CPU backward in PyTorch 2.14).
 - ``sparse``: work and memory follow the pattern's non-zeros, forward and backward:
@@ -34,6 +36,7 @@ from tsformer.attention.patterns import (
     unwrap,
 )
 from tsformer.attention.reference import ReferenceAttention
+from tsformer.attention.sdpa import SDPAAttention
 from tsformer.attention.sparse import SparseAttention
 from tsformer.attention.window import WindowAttention
 
@@ -55,6 +58,7 @@ class AutoAttention(nn.Module):
 
 KERNELS: dict[str, type[nn.Module]] = {
     "reference": ReferenceAttention,
+    "sdpa": SDPAAttention,
     "flex": FlexAttention,
     "sparse": SparseAttention,
     "logsparse": LogSparseAttention,
@@ -70,6 +74,9 @@ _INSTANCES: dict[str, nn.Module] = {name: cls() for name, cls in KERNELS.items()
 
 # On CPU, compiled flex beats the sparse window forward only from this length up (benchmark).
 _FLEX_MIN_LEN_CPU = 2048
+# On CUDA (H100, fp32), the sparse kernels overtake fused dense SDPA from about this length
+# (benchmarks/RESULTS.md: L=8192 about even, L=16384 2-3x faster fwd+bwd).
+_SPARSE_MIN_LEN_CUDA = 8192
 
 
 def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Tensor) -> str:
@@ -78,15 +85,15 @@ def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Te
     Rule (from ``benchmarks/attention.py``, B=1, H=8, D=64, fp32; see RESULTS.md):
 
     - attention dropout: ``reference`` (the only kernel with dropout).
-    - CUDA: ``flex`` (compiled Triton kernels, forward and backward) when it supports the
-      request, else ``sparse``, else ``reference``. Not measured here; the GPU table
-      in RESULTS.md is the place to revisit it.
+    - CUDA (measured on an H100, fp32): ``sparse`` for LogSparse and sliding-window
+      patterns from ``_SPARSE_MIN_LEN_CUDA`` queries up, fused dense ``sdpa`` otherwise;
+      compiled ``flex`` measured 3-4x slower than ``sdpa`` there and is not picked.
     - CPU, LogSparse: ``sparse`` (faster than ``flex`` forward, and it has a backward).
     - CPU, sliding window: ``flex`` for inference from ``_FLEX_MIN_LEN_CPU`` queries up
       (compiled, near the matmul peak); ``sparse`` for training (flex has no CPU
       backward) and for shorter inputs (no compile stall).
     - CPU, full/causal: ``flex`` for inference from ``_FLEX_MIN_LEN_CPU`` up, else
-      ``reference``.
+      ``sdpa``.
 
     ``more`` are the other tensors of the call (k, v, global q/k/v) whose ``requires_grad``
     decides between inference and training.
@@ -96,15 +103,14 @@ def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Te
     flex_ok = _INSTANCES["flex"].supports(q, pattern, dropout_p, *more) is None
     sparse_ok = _INSTANCES["sparse"].supports(q, pattern, dropout_p) is None
     if q.device.type == "cuda":
-        order = ("flex", "sparse")
-    else:
-        core, _, _ = unwrap(pattern)
-        long = q.shape[-2] >= _FLEX_MIN_LEN_CPU
-        order = ("flex", "sparse") if long and not isinstance(core, LogSparse) else ("sparse",)
+        return "sparse" if sparse_ok and q.shape[-2] >= _SPARSE_MIN_LEN_CUDA else "sdpa"
+    core, _, _ = unwrap(pattern)
+    long = q.shape[-2] >= _FLEX_MIN_LEN_CPU
+    order = ("flex", "sparse") if long and not isinstance(core, LogSparse) else ("sparse",)
     for name in order:
         if (flex_ok if name == "flex" else sparse_ok):
             return name
-    return "reference"
+    return "sdpa"
 
 
 def get_kernel(name: str) -> nn.Module:
@@ -140,6 +146,7 @@ __all__ = [
     "LogSparseAttention",
     "Pattern",
     "ReferenceAttention",
+    "SDPAAttention",
     "SlidingWindow",
     "SparseAttention",
     "WindowAttention",
