@@ -3,7 +3,12 @@
 import torch
 
 from tsformer.data.audio import LogMelFilterbank, SpecAugment, feature_stats, speed_perturb
-from tsformer.data.tokenizers import CharTokenizer, SentencePieceTokenizer, build_tokenizer, tokenizer_from_state
+from tsformer.data.tokenizers import (
+    CharTokenizer,
+    SentencePieceTokenizer,
+    build_tokenizer,
+    tokenizer_from_state,
+)
 
 
 def test_fbank_shape():
