@@ -60,12 +60,14 @@ def main() -> None:
     ap.add_argument("--root", default=None)
     ap.add_argument("--models", nargs="+", default=["conformer", "conformer_lsra"])
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_an4"))
+    ap.add_argument("overrides", nargs="*", help="extra config overrides for both models, e.g. model.n_layers=2")
     args = ap.parse_args()
     rows = []
     for model in args.models:
         overrides = ["task=an4", f"model={model}", f"trainer.max_steps={args.steps}",
                      f"trainer.val_check_interval={max(args.steps // 4, 1)}", f"run_dir={args.out}/{model}",
                      "trainer.enable_progress_bar=false", "print_metrics=false"]
+        overrides += args.overrides
         if args.root:
             overrides.append(f"data.root={args.root}")
         cfg = compose_config(overrides)
@@ -81,7 +83,7 @@ def main() -> None:
     header = (f"\n## AN4 (Sphinx cepstra), conformer vs conformer_lsra, {args.steps} steps each\n\n"
               f"{dt.datetime.now():%Y-%m-%d %H:%M}, {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} CPUs visible, torch threads {threads} (CPU shared with other jobs: "
-              "timings are indicative), `python benchmarks/asr_an4.py --steps {args.steps}`. "
+              f"timings are indicative), `python benchmarks/asr_an4.py --steps {args.steps} {' '.join(args.overrides)}`. "
               "Test decoding: CTC prefix beam search (width 8); steps/s: forward + CTC + backward + AdamW "
               "on AN4 batches of 16, measured apart from the training run.\n\n"
               "| model | params | test WER | test CER | dev WER | train steps/s | steps | train s (incl. validation) |\n"
