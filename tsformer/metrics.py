@@ -99,3 +99,57 @@ def point_forecast_metrics(y: np.ndarray, yhat: np.ndarray) -> dict[str, float]:
     yt, ft = torch.as_tensor(y), torch.as_tensor(yhat)
     acc.update(yt, ft, ft, ft.unsqueeze(0))
     return acc.compute()
+
+
+# -- speech recognition: edit distances, WER and CER ---------------------------------
+
+
+def edit_distance(ref: list | str, hyp: list | str) -> int:
+    """Levenshtein distance (substitutions, deletions, insertions all cost 1).
+
+    Args:
+        ref, hyp: sequences of hashable tokens (words, characters).
+    Returns:
+        The minimum number of edits turning ``ref`` into ``hyp``.
+    """
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def word_errors(ref: str, hyp: str) -> tuple[int, int]:
+    """``(word edits, reference words)`` of one utterance (whitespace tokenised)."""
+    r, h = ref.split(), hyp.split()
+    return edit_distance(r, h), len(r)
+
+
+def char_errors(ref: str, hyp: str) -> tuple[int, int]:
+    """``(character edits, reference characters)``; runs of spaces count as one space."""
+    r, h = " ".join(ref.split()), " ".join(hyp.split())
+    return edit_distance(r, h), len(r)
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    """Corpus word error rate: total word edits over total reference words."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    e = n = 0
+    for r, h in zip(refs, hyps):
+        de, dn = word_errors(r, h)
+        e, n = e + de, n + dn
+    return e / n if n else float("nan")
+
+
+def cer(refs: list[str], hyps: list[str]) -> float:
+    """Corpus character error rate: total character edits over total reference characters."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    e = n = 0
+    for r, h in zip(refs, hyps):
+        de, dn = char_errors(r, h)
+        e, n = e + de, n + dn
+    return e / n if n else float("nan")

@@ -1,0 +1,263 @@
+"""Speech recognition data: utterances, features, tokenizer and batching shared by the
+LibriSpeech (audio) and AN4 (precomputed cepstra) readers."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tsformer.data.audio import LogMelFilterbank, feature_stats, load_audio, speed_perturb
+from tsformer.data.readers import DataError
+from tsformer.data.tokenizers import Tokenizer, build_tokenizer, normalize_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Utterance:
+    """One utterance: ``path`` is audio (or a feature file), ``text`` its transcript."""
+
+    id: str
+    path: str
+    text: str
+    num_frames: int = 0
+    sample_rate: int = 0
+
+
+def make_feature_extractor(features: dict):
+    """``fn(path, speed=1.0) -> (T, F)`` for a features config (type ``fbank`` or ``sphinx``)."""
+    kind = features.get("type", "fbank")
+    if kind == "fbank":
+        sr = int(features.get("sample_rate", 16000))
+        fbank = LogMelFilterbank(
+            n_mels=int(features.get("n_mels", 80)), sample_rate=sr, n_fft=int(features.get("n_fft", 512)),
+            win_length=int(features.get("win_length", 400)), hop_length=int(features.get("hop_length", 160)),
+        )
+        resample = bool(features.get("resample", True))
+
+        def fn(path: str, speed: float = 1.0) -> Tensor:
+            wave = load_audio(path, sr, resample)
+            return fbank(speed_perturb(wave, speed, sr))
+
+        return fn
+    if kind == "sphinx":
+        from tsformer.data.an4 import read_sphinx_cepstra
+
+        dim = int(features.get("dim", 13))
+
+        def fn(path: str, speed: float = 1.0) -> Tensor:
+            return torch.from_numpy(read_sphinx_cepstra(path, dim))
+
+        return fn
+    raise ValueError(f"unknown features type {kind!r}; choose fbank or sphinx")
+
+
+def feature_dim(features: dict) -> int:
+    return int(features.get("n_mels", 80)) if features.get("type", "fbank") == "fbank" else int(features.get("dim", 13))
+
+
+class UtteranceDataset(Dataset):
+    """Items ``{"feats": (T, F), "targets": (S,), "text", "id"}``.
+
+    Args:
+        utts: the utterances.
+        tokenizer: encodes the transcripts.
+        extract: ``fn(path, speed) -> (T, F)``.
+        cache: preloaded features (same order as ``utts``) or None to extract on demand.
+        speeds: speed-perturbation factors drawn uniformly per item (training only).
+    """
+
+    def __init__(self, utts, tokenizer: Tokenizer, extract, cache: list[Tensor] | None = None, speeds=None):
+        self.utts, self.tokenizer, self.extract, self.cache = utts, tokenizer, extract, cache
+        self.speeds = list(speeds or [])
+        self.targets = [torch.tensor(tokenizer.encode(u.text), dtype=torch.long) for u in utts]
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def __getitem__(self, i: int) -> dict:
+        u = self.utts[i]
+        speed = random.choice(self.speeds) if self.speeds else 1.0
+        if self.cache is not None and speed == 1.0:
+            feats = self.cache[i]
+        else:
+            feats = self.extract(u.path, speed)
+        return {"feats": feats, "targets": self.targets[i], "text": normalize_text(u.text), "id": u.id}
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Random batches of similar lengths: shuffle, sort pools of ``pool`` batches by
+    length, cut into batches, shuffle the batches. Cuts padding (and CPU time) several-fold.
+
+    Args:
+        lengths: length of each item (frames).
+        batch_size: items per batch.
+        pool: batches per sorted pool (1: plain random batches).
+        seed: base seed; the epoch is added so every epoch differs.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, pool: int = 50, seed: int = 0):
+        self.lengths, self.batch_size, self.pool, self.seed = list(lengths), batch_size, pool, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        idx = list(range(len(self.lengths)))
+        rng.shuffle(idx)
+        batches = []
+        step = self.batch_size * self.pool
+        for p in range(0, len(idx), step):
+            chunk = sorted(idx[p : p + step], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+
+def collate(items: list[dict]) -> dict:
+    """Pad to the longest item: ``feats (B, T, F)``, ``feat_lens (B,)``, ``targets (B, S)``,
+    ``target_lens (B,)``, ``texts``, ``ids``."""
+    feat_lens = torch.tensor([it["feats"].shape[0] for it in items])
+    target_lens = torch.tensor([len(it["targets"]) for it in items])
+    F = items[0]["feats"].shape[1]
+    feats = torch.zeros(len(items), int(feat_lens.max()), F)
+    targets = torch.zeros(len(items), max(int(target_lens.max()), 1), dtype=torch.long)
+    for b, it in enumerate(items):
+        feats[b, : feat_lens[b]] = it["feats"]
+        targets[b, : target_lens[b]] = it["targets"]
+    return {
+        "feats": feats, "feat_lens": feat_lens, "targets": targets, "target_lens": target_lens,
+        "texts": [it["text"] for it in items], "ids": [it["id"] for it in items],
+    }
+
+
+class SpeechDataModule(pl.LightningDataModule):
+    """Base data module: subclasses implement :meth:`read_split` for ``train``/``dev``/``test``.
+
+    ``setup`` reads and validates every split, trains the tokenizer on the training
+    transcripts and computes global mean/variance statistics of the training features.
+
+    Args:
+        features: ``{type: fbank, n_mels, sample_rate, n_fft, win_length, hop_length}`` or
+            ``{type: sphinx, dim}`` (precomputed Sphinx cepstra).
+        tokenizer: ``{type: char | sentencepiece, vocab_size, model_type: unigram | bpe}``.
+        specaugment: SpecAugment settings passed to the network (None: off).
+        speed_perturb: speed factors for training (e.g. ``[0.9, 1.0, 1.1]``; None: off).
+        preload: extract all features once in ``setup`` (else per item, for large corpora).
+        stats_utterances: training utterances used for the statistics when not preloading.
+        batch_size, eval_batch_size, num_workers: loader settings.
+        bucket_pool: training batches per length-sorted pool (1: no length bucketing).
+        seed: seed of the batch order.
+    """
+
+    def __init__(
+        self,
+        features: dict | None = None,
+        tokenizer: dict | None = None,
+        specaugment: dict | None = None,
+        speed_perturb: list[float] | None = None,
+        preload: bool = True,
+        stats_utterances: int = 500,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        num_workers: int = 0,
+        bucket_pool: int = 50,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.bucket_pool, self.seed = bucket_pool, seed
+        self.features = dict(features or {"type": "fbank"})
+        self.tokenizer_cfg = dict(tokenizer or {"type": "char"})
+        self.specaugment = dict(specaugment) if specaugment else None
+        self.speeds = list(speed_perturb) if speed_perturb else None
+        self.preload, self.stats_utterances = preload, stats_utterances
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.tokenizer: Tokenizer | None = None
+        self.utts: dict[str, list[Utterance]] = {}
+
+    def read_split(self, part: str) -> list[Utterance]:
+        """Utterances of ``part`` (``train``, ``dev`` or ``test``); [] if there is none."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        for part in ("train", "dev", "test"):
+            self.utts[part] = self.read_split(part)
+            for u in self.utts[part]:
+                if not normalize_text(u.text):
+                    raise DataError(f"{u.path}: empty transcript for utterance {u.id!r}")
+        if not self.utts["train"]:
+            raise DataError("no training utterances")
+        if self.speeds and self.features.get("type", "fbank") != "fbank":
+            raise ValueError("speed_perturb needs audio input (features.type=fbank), not precomputed features")
+        self.extract = make_feature_extractor(self.features)
+        self.tokenizer = build_tokenizer([u.text for u in self.utts["train"]], **self.tokenizer_cfg)
+        self.cache: dict[str, list[Tensor] | None] = {}
+        for part, utts in self.utts.items():
+            self.cache[part] = [self.extract(u.path) for u in utts] if self.preload else None
+        train_feats = self.cache["train"]
+        if train_feats is None:
+            rng = random.Random(0)
+            sample = rng.sample(self.utts["train"], min(self.stats_utterances, len(self.utts["train"])))
+            train_feats = [self.extract(u.path) for u in sample]
+        self.cmvn_mean, self.cmvn_std = feature_stats(train_feats)
+        self.datasets = {
+            part: UtteranceDataset(utts, self.tokenizer, self.extract, self.cache[part], self.speeds if part == "train" else None)
+            for part, utts in self.utts.items()
+        }
+        log.info("speech data: %s utterances, vocabulary %d",
+                 {k: len(v) for k, v in self.utts.items()}, self.tokenizer.vocab_size)
+
+    def model_kwargs(self) -> dict:
+        return {
+            "input_dim": feature_dim(self.features),
+            "vocab_size": self.tokenizer.vocab_size,
+            "cmvn_mean": self.cmvn_mean,
+            "cmvn_std": self.cmvn_std,
+            "specaugment": self.specaugment,
+        }
+
+    def asr_state(self) -> dict:
+        """What a checkpoint needs to transcribe new files: tokenizer and feature settings."""
+        return {"tokenizer": self.tokenizer.state(), "features": dict(self.features)}
+
+    def _lengths(self, part: str) -> list[int]:
+        cache = self.cache.get(part)
+        if cache is not None:
+            return [int(f.shape[0]) for f in cache]
+        return [u.num_frames or 0 for u in self.utts[part]]  # samples: same order as frames
+
+    def _loader(self, part: str, train: bool = False) -> DataLoader:
+        lengths = self._lengths(part)
+        if train:
+            sampler = BucketBatchSampler(lengths, self.batch_size, self.bucket_pool, seed=self.seed)
+        else:  # sorted by length: less padding; the order does not change the metrics
+            order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+            sampler = [order[i : i + self.eval_batch_size] for i in range(0, len(order), self.eval_batch_size)]
+        return DataLoader(self.datasets[part], batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("dev") if self.utts.get("dev") else []
+
+    def test_dataloader(self):
+        # dev first, then test: the module reports dev/* and test/* with the test decoder.
+        loaders = [self._loader("test")]
+        if self.utts.get("dev"):
+            loaders.insert(0, self._loader("dev"))
+        return loaders
+
+    def test_split_names(self) -> list[str]:
+        return (["dev"] if self.utts.get("dev") else []) + ["test"]
