@@ -124,7 +124,8 @@ def _electricity_cfg(model: str, data_path: str, context: int, budget_s: float, 
         overrides += [f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={max(1, min(200, max_steps))}",
                       "module.warmup_steps=0", f"checkpoint.every_n_steps={max(1, max_steps)}"]
     if budget_s:
-        overrides.append(f"trainer.max_time={{seconds: {int(math.ceil(budget_s))}}}")
+        secs = int(math.ceil(budget_s))
+        overrides.append(f"trainer.max_time='00:{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}'")
     return compose_config(overrides)
 
 
