@@ -289,8 +289,9 @@ def long_seasonal_naive(data: LongHorizonData, context: int, horizon: int) -> di
 
 
 PATCH_DEFAULTS: dict[str, Any] = {
-    "patch_len": 16, "stride": 8, "d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 128,
-    "dropout": 0.2, "linear_skip": True,
+    # PatchTST's ETTh1 sizes (small and strongly regularised: ETTh1 overfits quickly).
+    "patch_len": 16, "stride": 8, "d_model": 16, "n_heads": 4, "n_layers": 2, "d_ff": 128,
+    "dropout": 0.3, "linear_skip": True,
 }
 
 
@@ -335,7 +336,7 @@ def long_tsformer(model: str, data: LongHorizonData, context: int, horizon: int,
         order = torch.randperm(len(ts), generator=g)
         for i in range(0, len(order) - batch_size + 1, batch_size):
             elapsed = time.perf_counter() - start
-            frac = step / max_steps if max_steps else elapsed / budget_s
+            frac = max(step / max_steps if max_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
             if frac >= 1.0:
                 done = True
                 break
@@ -494,7 +495,8 @@ def run_benchmark(
                     else:
                         r = long_gluonts(model, data, spec.freq, context, horizon, budget_s, seed, max_steps)
                 row = {"model": model, "dataset": dataset, "horizon": horizon, "context_length": context, **r,
-                       "device": device, "seed": seed, "budget_minutes": budget_minutes, "date": date,
+                       "device": device, "seed": seed, "budget_minutes": budget_minutes, "max_steps": max_steps,
+                       "date": date,
                        "command": row_command(dataset, model, horizon, context, budget_minutes, seed, max_steps,
                                               None if data_root is None else str(data_root))}
                 rows.append(row)
@@ -509,7 +511,8 @@ METRICS = {"electricity": ("rho50", "rho90", "mae", "crps"), "long": ("mse", "ma
 
 def merge_rows(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Earlier rows of ``path`` with other settings, then ``rows``."""
-    key = lambda r: (r["model"], r["dataset"], r.get("horizon"), r.get("context_length"))
+    key = lambda r: (r["model"], r["dataset"], r.get("horizon"), r.get("context_length"), r.get("budget_minutes"),
+                     r.get("max_steps"))
     old = json.loads(path.read_text()) if path.exists() else []
     new_keys = {key(r) for r in rows}
     return [r for r in old if key(r) not in new_keys] + rows
