@@ -435,6 +435,7 @@ def run_benchmark(
     max_steps: int | None = None,
     spec: DatasetSpec | None = None,
     log=print,
+    on_row=None,
 ) -> list[dict[str, Any]]:
     """Train and evaluate each model on ``dataset``; one row per (model, context, horizon).
 
@@ -447,6 +448,8 @@ def run_benchmark(
         seed: seed of every run.
         max_steps: optional cap on training steps (tests, exact repeats).
         spec: dataset description overriding :data:`DATASETS` (tests).
+        log: where progress lines go.
+        on_row: called with each finished row (the CLI saves it at once).
     Returns:
         The rows, also what :func:`main` writes to the JSON file.
     """
@@ -500,6 +503,8 @@ def run_benchmark(
                        "command": row_command(dataset, model, horizon, context, budget_minutes, seed, max_steps,
                                               None if data_root is None else str(data_root))}
                 rows.append(row)
+                if on_row is not None:
+                    on_row(row)
                 metrics = {k: round(v, 4) for k, v in r.items() if k in METRICS[spec.kind]}
                 log(f"{dataset} {model} L={context} H={horizon}: {metrics} train {r['train_seconds']:.0f}s "
                     f"predict {r['predict_seconds']:.1f}s ({time.perf_counter() - t:.0f}s)")
@@ -558,12 +563,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    out = Path(a.results_dir) / f"forecasting-{a.dataset}.json"
+    # Each row is saved as soon as it is measured: an interrupted sweep keeps what it did.
     rows = run_benchmark(a.dataset, a.models, a.budget_minutes, a.data_root, a.horizons, a.context, a.seed,
-                         a.max_steps)
+                         a.max_steps, on_row=lambda r: write_json_atomic(out, merge_rows(out, [r])))
     if not rows:
         return rows
-    out = Path(a.results_dir) / f"forecasting-{a.dataset}.json"
-    write_json_atomic(out, merge_rows(out, rows))
     table = markdown_table(a.dataset, rows, a.note)
     md = Path(a.results_md)
     md.parent.mkdir(parents=True, exist_ok=True)
