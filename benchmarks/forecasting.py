@@ -416,7 +416,7 @@ def row_command(dataset: str, model: str, horizon: int, context: int, budget_min
                 max_steps: int | None, data_root: str | None) -> str:
     parts = ["python", "benchmarks/forecasting.py", "--dataset", dataset, "--models", model,
              "--horizons", str(horizon), "--context", str(context), "--budget-minutes", f"{budget_minutes:g}",
-             "--seed", str(seed)]
+             "--seed", str(seed), "--threads", str(torch.get_num_threads())]
     if max_steps is not None:
         parts += ["--max-steps", str(max_steps)]
     if data_root is not None:

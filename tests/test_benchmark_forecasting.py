@@ -59,6 +59,7 @@ def test_long_horizon_harness_tiny_slice(tmp_path, monkeypatch):
     assert "| seasonal_naive | 8 | 48 |" in md.read_text()
 
 
+@pytest.mark.slow
 def test_electricity_harness_tiny_slice(tmp_path):
     bench = _load_harness()
     # 40 days from 2014-08-01: a week of validation and a week of tests from 2014-09-01.
