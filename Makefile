@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast lint bench clean
+.PHONY: install train test test-fast lint bench bench-peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,15 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check tsformer tests benchmarks
 
+## Attention benchmark (CPU, --quick); the peers benchmark needs its own venv: make bench-peers
 bench: install
-	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/attention.py --quick
+
+## GluonTS needs pandas < 3, so the peers live in .venv-bench
+bench-peers:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet -e ".[bench]"
+	.venv-bench/bin/python benchmarks/forecasting.py --dataset electricity_sample --budget-minutes 5
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
