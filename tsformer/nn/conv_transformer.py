@@ -45,14 +45,20 @@ class ConvSelfAttention(nn.Module):
     def forward(self, x: Tensor, pattern: Pattern) -> Tensor:
         """``x``: ``(B, L, d_model)`` -> ``(B, L, d_model)``."""
         B, L, C = x.shape
+        _, q, k, v = self._project(x)
+        o = attention(q, k, v, pattern, kernel=self.kernel)
+        return self.drop(self.out(o.transpose(1, 2).reshape(B, L, C)))
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Padded input ``(B, C, k - 1 + L)`` and q, k, v ``(B, H, L, D)``."""
+        B, L, C = x.shape
         # Left padding keeps the convolution causal: position t sees t-k+1 .. t.
         xc = F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0))
         q, k = self.qk(xc).chunk(2, dim=1)  # (B, C, L) each
         q = q.view(B, self.n_heads, C // self.n_heads, L).transpose(-1, -2)
         k = k.view(B, self.n_heads, C // self.n_heads, L).transpose(-1, -2)
         v = self.v(x).view(B, L, self.n_heads, C // self.n_heads).transpose(1, 2)
-        o = attention(q, k, v, pattern, kernel=self.kernel)
-        return self.drop(self.out(o.transpose(1, 2).reshape(B, L, C)))
+        return xc, q, k, v
 
     # -- incremental decoding ------------------------------------------------------
     def prefill(self, x: Tensor, pattern: Pattern, max_len: int, repeat: int) -> tuple[Tensor, DecodeState]:
@@ -65,11 +71,7 @@ class ConvSelfAttention(nn.Module):
             ``(B, L, d_model)`` output and the state for :meth:`step` (batch ``B * repeat``).
         """
         B, L, C = x.shape
-        xc = F.pad(x.transpose(1, 2), (self.kernel_size - 1, 0))
-        q, k = self.qk(xc).chunk(2, dim=1)
-        q = q.view(B, self.n_heads, C // self.n_heads, L).transpose(-1, -2)
-        k = k.view(B, self.n_heads, C // self.n_heads, L).transpose(-1, -2)
-        v = self.v(x).view(B, L, self.n_heads, C // self.n_heads).transpose(1, 2)
+        xc, q, k, v = self._project(x)
         o = attention(q, k, v, pattern, kernel=self.kernel)
         out = self.drop(self.out(o.transpose(1, 2).reshape(B, L, C)))
         # The prefix is shared by all sample paths of a series: keep it once, and give each

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -12,6 +10,7 @@ from torch import Tensor, nn
 from tsformer.data.tokenizers import Tokenizer, tokenizer_from_state
 from tsformer.metrics import char_errors, word_errors
 from tsformer.nn.ctc import ctc_decode
+from tsformer.tasks.optim import warmup_cosine
 
 
 class ASRModule(pl.LightningModule):
@@ -124,14 +123,5 @@ class ASRModule(pl.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
                                 betas=(0.9, 0.98))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warm = min(self.hparams.warmup_steps, total // 2)
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = (step - warm) / max(total - warm, 1)
-            return float(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = warmup_cosine(opt, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": sched}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from tsformer.metrics import ForecastAccumulator, point_forecast_metrics
 from tsformer.nn.likelihoods import GaussianHead
+from tsformer.tasks.optim import warmup_cosine
 
 
 def window_noise(batch: dict[str, Tensor], num_samples: int, horizon: int, seed: int) -> Tensor:
@@ -126,17 +125,8 @@ class ForecastingModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warm = min(self.hparams.warmup_steps, total // 2)
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = (step - warm) / max(total - warm, 1)
-            return float(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = warmup_cosine(opt, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": sched}
 
     # -- baselines, computed on the same test windows ---------------------------
     @staticmethod

@@ -1,0 +1,26 @@
+"""Optimizer set-up shared by the task modules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, floor: float = 0.05) -> dict:
+    """Linear warm-up, then cosine decay to ``floor`` times the base rate at ``total_steps``.
+
+    Returns:
+        Lightning's ``lr_scheduler`` dict, stepped every optimizer step.
+    """
+    total = max(int(total_steps), 1)
+    warm = min(warmup_steps, total // 2)
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(total - warm, 1)
+        # float(): checkpoints are loaded weights-only, so no numpy scalars in scheduler state.
+        return float(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), "interval": "step"}
