@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tsformer.attention.flex import FlexAttention
 from tsformer.attention.logsparse import LogSparseAttention
 from tsformer.attention.patterns import (
     Causal,
@@ -23,6 +24,8 @@ from tsformer.attention.patterns import (
     unwrap,
 )
 from tsformer.attention.reference import ReferenceAttention
+from tsformer.attention.sparse import SparseAttention
+from tsformer.attention.window import WindowAttention
 
 
 class AutoAttention(nn.Module):
@@ -30,31 +33,66 @@ class AutoAttention(nn.Module):
 
     name = "auto"
 
-    def supports(self, q, pattern, dropout_p=0.0):
+    def supports(self, q: Tensor, pattern: Pattern, dropout_p: float = 0.0) -> str | None:
+        """Always None: ``reference`` serves everything."""
         return None
 
-    def forward(self, q, k, v, pattern, **kwargs) -> Tensor:
-        kernel = choose_kernel(q, pattern, kwargs.get("dropout_p", 0.0))
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, **kwargs) -> Tensor:
+        """Attention with the kernel :func:`choose_kernel` picks; same arguments as the others."""
+        kernel = choose_kernel(q, pattern, kwargs.get("dropout_p", 0.0), k, v, *(kwargs.get("global_qkv") or ()))
         return _INSTANCES[kernel](q, k, v, pattern, **kwargs)
 
 
 KERNELS: dict[str, type[nn.Module]] = {
     "reference": ReferenceAttention,
+    "flex": FlexAttention,
+    "sparse": SparseAttention,
     "logsparse": LogSparseAttention,
+    "window": WindowAttention,
     "auto": AutoAttention,
 }
-"""Registry of attention kernels by config name (``model.attention.kernel``)."""
+"""Registry of attention kernels by config name (``model.attention.kernel``).
+
+``logsparse`` and ``window`` are the two halves of ``sparse``, addressable on their own.
+"""
 
 _INSTANCES: dict[str, nn.Module] = {name: cls() for name, cls in KERNELS.items()}
 
-# Preference order for `auto`, fastest first; the first that supports a request wins.
-_AUTO_ORDER = ("logsparse", "reference")
+# On CPU, compiled flex beats the sparse window forward only from this length up (benchmark).
+_FLEX_MIN_LEN_CPU = 2048
 
 
-def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0) -> str:
-    """Name of the kernel `auto` uses for this request."""
-    for name in _AUTO_ORDER:
-        if _INSTANCES[name].supports(q, pattern, dropout_p) is None:
+def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Tensor) -> str:
+    """Name of the kernel ``auto`` uses for this request.
+
+    Rule (from ``benchmarks/attention.py``, B=1, H=8, D=64, fp32; see RESULTS.md):
+
+    - attention dropout: ``reference`` (the only kernel with dropout).
+    - CUDA: ``flex`` (compiled Triton kernels, forward and backward) when it supports the
+      request, else ``sparse``, else ``reference``. Not measured here; the GPU table
+      in RESULTS.md is the place to revisit it.
+    - CPU, LogSparse: ``sparse`` (faster than ``flex`` forward, and it has a backward).
+    - CPU, sliding window: ``flex`` for inference from ``_FLEX_MIN_LEN_CPU`` queries up
+      (compiled, near the matmul peak); ``sparse`` for training (flex has no CPU
+      backward) and for shorter inputs (no compile stall).
+    - CPU, full/causal: ``flex`` for inference from ``_FLEX_MIN_LEN_CPU`` up, else
+      ``reference``.
+
+    ``more`` are the other tensors of the call (k, v, global q/k/v) whose ``requires_grad``
+    decides between inference and training.
+    """
+    if dropout_p > 0:
+        return "reference"
+    flex_ok = _INSTANCES["flex"].supports(q, pattern, dropout_p, *more) is None
+    sparse_ok = _INSTANCES["sparse"].supports(q, pattern, dropout_p) is None
+    if q.device.type == "cuda":
+        order = ("flex", "sparse")
+    else:
+        core, _, _ = unwrap(pattern)
+        long = q.shape[-2] >= _FLEX_MIN_LEN_CPU
+        order = ("flex", "sparse") if long and not isinstance(core, LogSparse) else ("sparse",)
+    for name in order:
+        if (flex_ok if name == "flex" else sparse_ok):
             return name
     return "reference"
 
@@ -84,6 +122,7 @@ __all__ = [
     "KERNELS",
     "AutoAttention",
     "Causal",
+    "FlexAttention",
     "Full",
     "GlobalTokens",
     "KeyPadding",
@@ -92,6 +131,8 @@ __all__ = [
     "Pattern",
     "ReferenceAttention",
     "SlidingWindow",
+    "SparseAttention",
+    "WindowAttention",
     "attention",
     "choose_kernel",
     "get_kernel",

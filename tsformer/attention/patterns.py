@@ -217,6 +217,10 @@ class KeyPadding(Pattern):
         keep = torch.arange(k_len, device=dense.device)[None, :] < lengths[:, None]
         return (dense[None] & keep[:, None, :])[:, None]
 
+    def with_globals(self, indices: tuple[int, ...] | list[int]) -> KeyPadding:
+        """Global tokens inside the padding: padded keys stay invisible to global rows too."""
+        return KeyPadding(self.base.with_globals(indices), self.lengths)
+
 
 @dataclass(frozen=True)
 class GlobalTokens(Pattern):
@@ -274,7 +278,7 @@ def nnz(pattern: Pattern, length: int) -> int:
         n = sum(length - d for d in core.offsets(length))
     elif isinstance(core, SlidingWindow):
         n = sum(
-            max(0, length - d * core.dilation)
+            max(0, length - abs(d) * core.dilation)
             for d in range(-core.after, core.before + 1)
         )
     else:

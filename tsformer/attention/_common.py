@@ -1,0 +1,116 @@
+"""Helpers shared by the sparse kernels: key masks, global tokens, chunk sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from tsformer.attention.reference import dense_attention
+
+# Largest temporary (in elements) a kernel chunk creates. Large fresh allocations are
+# returned to the OS on free and page-fault on every reuse, which costs more than the
+# arithmetic on a CPU; chunks of this size stay in the allocator's reused heap.
+CHUNK_ELEMS = 1 << 22
+
+CoreFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor]]
+"""``core(q, k, v, key_bias) -> (out, lse)`` on ``(B, H, L, D)``; ``key_bias`` is ``(B, L)``."""
+
+
+def key_valid(lengths: Tensor | None, globals_: list[int], batch: int, length: int, device) -> Tensor | None:
+    """Bool ``(B, L)``: keys the core pattern may see (inside the length, not global).
+
+    Returns None when every key is valid.
+    """
+    if lengths is None and not globals_:
+        return None
+    ok = torch.ones(batch, length, dtype=torch.bool, device=device)
+    if lengths is not None:
+        ok &= torch.arange(length, device=device)[None, :] < lengths.to(device).reshape(-1, 1)
+    if globals_:
+        ok[:, torch.tensor(globals_, device=device)] = False
+    return ok
+
+
+def to_bias(valid: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """0 where valid, -inf elsewhere (same shape), or None."""
+    if valid is None:
+        return None
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, float("-inf"))
+
+
+def global_indices(globals_: tuple[int, ...], length: int) -> list[int]:
+    """Sorted unique global positions inside ``[0, length)``."""
+    return sorted({i for i in globals_ if 0 <= i < length})
+
+
+def attend(
+    core: CoreFn,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lengths: Tensor | None,
+    globals_: tuple[int, ...],
+    scale: float,
+    global_qkv: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Sparse core pattern plus key padding plus global tokens (Longformer).
+
+    The core sees every non-global key inside the length. Global key columns, which every
+    query sees, are scored densely (``L x G``) and merged with the core through its
+    log-sum-exp, a joint softmax. Rows at global positions are then replaced by full
+    attention over all valid keys, with the global projections ``global_qkv`` if given.
+
+    Args:
+        core: sparse kernel returning ``(out, lse)``, ``(B, H, L, D)`` and ``(B, H, L)``.
+        q, k, v: ``(B, H, L, D)``.
+        lengths: ``(B,)`` valid keys per batch element, or None.
+        globals_: global positions.
+        global_qkv: optional ``(qg, kg, vg)``, each ``(B, H, L, D)``.
+    Returns:
+        ``(B, H, L, D)``.
+    """
+    B, H, L, D = q.shape
+    gidx = global_indices(globals_, L)
+    valid = key_valid(lengths, gidx, B, L, q.device)
+    out, lse = core(q, k, v, to_bias(valid, q.dtype))
+    if not gidx:
+        return out
+    sel = torch.tensor(gidx, device=q.device)
+    pad_ok = None
+    if lengths is not None:
+        pad_ok = torch.arange(L, device=q.device)[None, :] < lengths.to(q.device).reshape(-1, 1)  # (B, L)
+
+    # Global columns: joint softmax with the core through a shared (detached) max.
+    sg = torch.matmul(q, k.index_select(2, sel).transpose(-1, -2)) * scale  # (B, H, L, G)
+    if pad_ok is not None:
+        sg = sg.masked_fill(~pad_ok.index_select(1, sel)[:, None, None, :], float("-inf"))
+    mx = torch.maximum(lse, sg.amax(-1)).detach()
+    mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    e_core = torch.exp(lse - mx)  # (B, H, L)
+    e_g = torch.exp(sg - mx[..., None])  # (B, H, L, G)
+    num = e_core[..., None] * out + torch.matmul(e_g, v.index_select(2, sel))
+    den = (e_core + e_g.sum(-1)).clamp_min(torch.finfo(q.dtype).tiny)
+    out = num / den[..., None]
+
+    # Global rows: full attention over all valid keys.
+    qg, kg, vg = global_qkv if global_qkv is not None else (q, k, v)
+    row_mask = torch.ones(1, 1, 1, L, dtype=torch.bool, device=q.device)
+    if pad_ok is not None:
+        row_mask = pad_ok[:, None, None, :]
+    rows = dense_attention(qg.index_select(2, sel), kg, vg, row_mask, scale)
+    return out.index_copy(2, sel, rows)
+
+
+def check_qkv(name: str, q: Tensor, k: Tensor, v: Tensor, global_qkv) -> None:
+    """ValueError unless ``q, k, v`` (and global ones) are square ``(B, H, L, D)``."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(
+            f"the {name} kernel needs q, k, v of one shape (B, H, L, D) with as many queries as keys; "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if v.shape[-1] != q.shape[-1]:
+        raise ValueError(f"the {name} kernel needs value and query head dims to match")
+    if global_qkv is not None and any(t.shape != q.shape for t in global_qkv):
+        raise ValueError(f"the {name} kernel needs global q, k, v of shape {tuple(q.shape)}")
