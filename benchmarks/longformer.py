@@ -175,6 +175,18 @@ def main() -> None:
         print(json.dumps(child(impl, L, args.kernel, args.threads, args.repeats if L < 16384 else 1)))
         return
 
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(rows: list[dict]) -> None:  # after every row: an interrupted run keeps what it measured
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps({"date": stamp, "machine": machine, "matmul_peak_gflops": round(peak, 1),
+                                   "load_avg_1min": round(os.getloadavg()[0], 1), "hidden": E, "heads": H,
+                                   "window": WINDOW, "global_tokens": 1, "results": rows}, indent=2))
+        os.replace(tmp, out)
+
     peak = matmul_peak_gflops(args.threads)
     print(f"matmul peak: {peak:.1f} GFLOP/s ({args.threads} threads)", flush=True)
     rows = []
@@ -193,27 +205,19 @@ def main() -> None:
                 row["kernel"] = args.kernel
             row["flop_bound_ms"] = round(bound, 1)
             row["flop_bound_fwd_bwd_ms"] = round(3 * bound, 1)
+            row["load_avg_1min"] = round(os.getloadavg()[0], 1)
             rows.append(row)
+            save(rows)
             print(json.dumps(row), flush=True)
-
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"date": stamp, "machine": machine, "matmul_peak_gflops": round(peak, 1),
-                               "hidden": E, "heads": H, "window": WINDOW, "global_tokens": 1, "results": rows},
-                              indent=2))
-    os.replace(tmp, out)
 
     lines = [f"\n## Longformer self-attention layer vs Hugging Face ({stamp}; {machine})\n",
              f"`python benchmarks/longformer.py --threads {args.threads} --kernel {args.kernel}`: hidden 768, "
              f"12 heads, w=512, 1 global token, batch 1, fp32, CPU; matmul peak {peak:.1f} GFLOP/s.\n",
-             "| impl | tokens | fwd ms | fwd+bwd ms | added MB (fwd+bwd) | FLOP bound fwd ms | fwd / bound |",
-             "|---|---|---|---|---|---|---|"]
+             "| impl | tokens | fwd ms | fwd+bwd ms | added MB (fwd+bwd) | FLOP bound fwd ms | fwd / bound | load avg |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['impl']} | {r['seq_len']} | {r['fwd_ms']} | {r['fwd_bwd_ms']} | {r['added_mb']} | "
-                     f"{r['flop_bound_ms']} | {r['fwd_ms'] / r['flop_bound_ms']:.2f} |")
+                     f"{r['flop_bound_ms']} | {r['fwd_ms'] / r['flop_bound_ms']:.2f} | {r['load_avg_1min']} |")
     by = {(r["impl"], r["seq_len"]): r for r in rows}
     for L in args.lengths:
         a, b = by.get(("tsformer", L)), by.get(("hf", L))

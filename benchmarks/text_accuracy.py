@@ -41,6 +41,24 @@ def run(task: str, model: str, overrides: list[str]) -> dict:
     return out
 
 
+def report(entries: list[dict]) -> str:
+    """A markdown table of the runs in ``entries`` (as stored in the JSON output)."""
+    lines = ["\n## Long-document classification accuracy\n",
+             "| suite | model | test accuracy | test macro-F1 | TF-IDF+LR accuracy | TF-IDF+LR F1 | train s | "
+             "device, date | overrides |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        for r in e["results"]:
+            acc = f"{r['test/accuracy']:.4f}" + (f" ± {r['test/accuracy_std']:.4f}" if "test/accuracy_std" in r else "")
+            bacc = f"{r['baseline/tfidf_lr/accuracy']:.4f}" + (
+                f" ± {r['baseline/tfidf_lr/accuracy_std']:.4f}" if "baseline/tfidf_lr/accuracy_std" in r else "")
+            secs = f"{r['train/seconds']:.0f}" + (" per fold" if "folds" in r else "")
+            lines.append(f"| {r['suite']} | {r['model']} | {acc} | {r['test/f1']:.4f} | {bacc} | "
+                         f"{r['baseline/tfidf_lr/f1']:.4f} | {secs} | {e['device']}, {e['date']} | "
+                         f"{' '.join(e['overrides']) or '(defaults)'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", nargs="+", default=["hyperpartisan_split", "hyperpartisan_cv", "imdb"],
@@ -52,7 +70,23 @@ def main() -> None:
     ap.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides for every run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/text_accuracy.json"))
+    ap.add_argument("--report", nargs="+", metavar="JSON",
+                    help="only merge these result files into --out and append their table to RESULTS.md")
     args = ap.parse_args()
+
+    if args.report:
+        entries = [e for f in args.report for e in json.loads(Path(f).read_text())]
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(entries, indent=2))
+        os.replace(tmp, out)
+        text = report(entries)
+        print(text)
+        if not args.no_append:
+            with open(ROOT / "benchmarks/RESULTS.md", "a") as f:
+                f.write(text)
+        return
 
     results: list[dict] = []
     for suite in args.suite:
@@ -84,19 +118,7 @@ def main() -> None:
                                       "overrides": args.override, "results": results}], indent=2))
     os.replace(tmp, out)
 
-    lines = [f"\n## Long-document classification accuracy ({stamp}, {device})\n",
-             f"`python benchmarks/text_accuracy.py --suite {' '.join(args.suite)}"
-             + (f" --override {' '.join(args.override)}" if args.override else "") + "`\n",
-             "| suite | model | test accuracy | test macro-F1 | TF-IDF+LR accuracy | TF-IDF+LR F1 | train s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results:
-        acc = f"{r['test/accuracy']:.4f}" + (f" ± {r['test/accuracy_std']:.4f}" if "test/accuracy_std" in r else "")
-        bacc = f"{r['baseline/tfidf_lr/accuracy']:.4f}" + (
-            f" ± {r['baseline/tfidf_lr/accuracy_std']:.4f}" if "baseline/tfidf_lr/accuracy_std" in r else "")
-        secs = f"{r['train/seconds']:.0f}" + (" (mean/fold)" if "folds" in r else "")
-        lines.append(f"| {r['suite']} | {r['model']} | {acc} | {r['test/f1']:.4f} | {bacc} | "
-                     f"{r['baseline/tfidf_lr/f1']:.4f} | {secs} |")
-    text = "\n".join(lines) + "\n"
+    text = report([{"date": stamp, "device": device, "overrides": args.override, "results": results}])
     print(text)
     if not args.no_append:
         with open(ROOT / "benchmarks/RESULTS.md", "a") as f:

@@ -525,6 +525,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         max_tokens: document length cap in tokens, ``<cls>`` included.
         vocab_size: SentencePiece vocabulary size (a soft limit on small data).
         max_train_docs: use at most this many (stratified) training documents; None: all.
+        max_test_docs: score on at most this many (stratified, seeded) test documents; None: all.
         batch_size, eval_batch_size, num_workers: loader settings.
     """
 
@@ -543,6 +544,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         max_tokens: int = 4096,
         vocab_size: int = 8000,
         max_train_docs: int | None = None,
+        max_test_docs: int | None = None,
         batch_size: int = 8,
         eval_batch_size: int = 16,
         num_workers: int = 0,
@@ -553,6 +555,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.folds, self.fold = folds, fold
         self.max_tokens, self.vocab_size, self.max_train_docs = max_tokens, vocab_size, max_train_docs
+        self.max_test_docs = max_test_docs
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.table: TextTable | None = None
         self.tokenizer: SentencePieceTokenizer | None = None
@@ -568,11 +571,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise DataError(f"{self.path}: a single label {self.classes}; need at least two classes")
         self.split_idx = assign_splits(table, self.val_fraction, self.test_fraction, self.split_seed,
                                        self.folds, self.fold)
-        if self.max_train_docs and len(self.split_idx["train"]) > self.max_train_docs:
-            tr = self.split_idx["train"]
-            frac = self.max_train_docs / len(tr)
-            keep, _ = stratified_split(np.asarray(table.labels)[tr], (frac, 1 - frac), self.split_seed + 2)
-            self.split_idx["train"] = tr[keep]
+        for split, cap in (("train", self.max_train_docs), ("test", self.max_test_docs)):
+            idx = self.split_idx[split]
+            if cap and len(idx) > cap:
+                frac = cap / len(idx)
+                keep, _ = stratified_split(np.asarray(table.labels)[idx], (frac, 1 - frac), self.split_seed + 2)
+                self.split_idx[split] = idx[keep]
         for s in ("train", "test"):
             if len(self.split_idx[s]) == 0:
                 raise DataError(f"{self.path}: the {s} split is empty")
