@@ -9,7 +9,8 @@ per head (``QK^T`` and ``PV``), forward, at the matmul peak measured on the mach
   (``scaled_dot_product_attention`` with the pattern's boolean mask): the same math as
   the reference kernel (the tests' ground truth) on PyTorch's fused path, which is the
   baseline the issue quotes. ``auto`` is timed as what it picks for that call.
-- ``added_mb`` is measured in a fresh process per (kernel, pattern, length): peak RSS
+- ``added_mb`` is measured in a fresh process per (kernel, pattern, length) for
+  ``run(q, k, v).sum().backward()`` (the output is not held by the caller): peak RSS
   (``VmHWM``, reset through ``/proc/self/clear_refs`` after a compile warm-up when there is
   one; ``ru_maxrss`` otherwise) minus RSS just before the call; on CUDA
   ``max_memory_allocated`` minus the allocation before the call. Where a kernel has no
@@ -233,10 +234,12 @@ def memory_child(kernel: str, pattern_name: str, L: int, device: str, grad: bool
     q, k, v = inputs(L, device, grad)
 
     def call():
-        out = run(kernel, q, k, v, pattern)
+        # The caller keeps no reference to the output: whatever a kernel saves for backward
+        # (the window kernel keeps it, the log-sparse kernel does not) is what counts.
         if grad:
-            out.sum().backward()
-        del out
+            run(kernel, q, k, v, pattern).sum().backward()
+        else:
+            run(kernel, q, k, v, pattern)
 
     warm = resolved(kernel, pattern, L, device, grad) == "flex"
     if warm:  # keep the compiler's own memory out of the kernel's
@@ -279,7 +282,10 @@ def bench(args) -> tuple[list[dict], list[str]]:
     device = args.device
     peak = matmul_peak_flops(device)
     notes = [f"matmul peak measured: {peak / 1e9:.0f} GFLOP/s fp32"]
-    print(notes[0])
+    if hasattr(os, "getloadavg") and not device.startswith("cuda"):
+        # A shared CPU skews every time here; ratios within one run stay comparable.
+        notes.append(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("; ".join(notes))
     rows = []
     noted: set[tuple[str, str]] = set()
     for L in args.seq_lens:
@@ -429,8 +435,11 @@ def main(argv=None) -> None:
     p.add_argument("--append", action="store_true", help="merge into --out instead of replacing it")
     p.add_argument("--no-md", action="store_true", help="do not append to RESULTS.md")
     p.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--_memory", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args._memory:
         kernel, pname, L, device, grad = args._memory
         print(json.dumps({"added_mb": memory_child(kernel, pname, int(L), device, grad == "1")}))

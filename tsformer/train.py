@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +20,15 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from tsformer.callbacks import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    NonFiniteGuard,
+    PeriodicCheckpoint,
+    RNGState,
+    find_resume_checkpoint,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -80,44 +90,73 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.run_dir).absolute()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader is not resumable.*")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    resume_from = None
+    if cfg.get("resume"):
+        found = find_resume_checkpoint(run_dir)
+        if found is None:
+            raise CheckpointError(f"{run_dir}: no usable checkpoint to resume from")
+        resume_from, ckpt = found
+        log.info("resuming from %s (step %d)", resume_from, ckpt["global_step"])
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")  # reads and validates the data before anything is written
+    if resume_from is not None and hasattr(datamodule, "resume_batches"):
+        progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+        datamodule.resume_batches = int(progress["processed"])
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    if rank_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     net = instantiate(cfg.model, _convert_="all", **datamodule.model_kwargs())
     module = instantiate(cfg.module, _convert_="all", net=net)
 
+    ckpt_dir = run_dir / "checkpoints"
     has_val = bool(datamodule.val_dataloader())
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
+    best_ckpt = ModelCheckpoint(
+        dirpath=ckpt_dir,
         filename="best",
         monitor=cfg.get("monitor") if has_val else None,
         mode=cfg.get("monitor_mode", "min"),
-        save_last=True,
+        save_top_k=1 if has_val else 0,
+        save_last=False,
         enable_version_counter=False,
     )
+    callbacks = [
+        best_ckpt,
+        PeriodicCheckpoint(ckpt_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep),
+        NonFiniteGuard(cfg.get("max_nonfinite_steps", 5)),
+        RNGState(),
+    ]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer_kwargs = {} if has_val else {"limit_val_batches": 0}
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=logger, callbacks=[checkpoint], default_root_dir=str(run_dir), **trainer_kwargs
+        cfg.trainer,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
+        **trainer_kwargs,
     )
     if trainer.accelerator.__class__.__name__ == "CUDAAccelerator":
         torch.set_float32_matmul_precision("high")
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     train_seconds = time.perf_counter() - start
+    if resume_from is not None:
+        train_seconds += float(_previous_metrics(run_dir).get("train/seconds_before_resume", 0.0))
 
-    best = checkpoint.best_model_path or checkpoint.last_model_path or None
-    if best and not checkpoint.best_model_path and checkpoint.last_model_path:
+    best = best_ckpt.best_model_path or None
+    if best is None and trainer.is_global_zero:
         # No validation: "best" is the last state.
-        import shutil
-
-        shutil.copyfile(checkpoint.last_model_path, run_dir / "checkpoints" / "best.ckpt")
+        shutil.copyfile(ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt")
+    trainer.strategy.barrier("tsformer_best")
+    best = str(ckpt_dir / "best.ckpt")
     results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
 
     metrics: dict[str, float] = {}
@@ -128,8 +167,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(baselines(datamodule))
     metrics["train/seconds"] = round(train_seconds, 3)
     metrics["train/steps"] = int(trainer.global_step)
-    if checkpoint.best_model_score is not None:
-        metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+    metrics["train/skipped_steps"] = int(callbacks[2].skipped)
+    if best_ckpt.best_model_score is not None:
+        metrics[f"best/{best_ckpt.monitor}"] = float(best_ckpt.best_model_score)
 
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
@@ -139,12 +179,48 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _previous_metrics(run_dir: Path) -> dict:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def latest_run_dir(parent: Path, exclude: Path | None = None) -> Path | None:
+    """Newest run directory under ``parent`` that holds checkpoints."""
+    runs = [p for p in parent.glob("*") if (p / "checkpoints").is_dir() and p != exclude]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def resolve_resume(cfg: DictConfig, hydra_dir: Path | None) -> None:
+    """Turn ``resume=true`` / ``resume=<run dir or .ckpt>`` into ``cfg.run_dir``."""
+    resume = cfg.get("resume")
+    if not resume:
+        return
+    if resume is True:
+        if cfg.get("run_dir") is None:
+            if hydra_dir is None:
+                raise ValueError("resume=true needs run_dir=<dir>")
+            prev = latest_run_dir(hydra_dir.parent, exclude=hydra_dir)
+            if prev is None:
+                raise CheckpointError(f"resume=true: no earlier run with checkpoints under {hydra_dir.parent}")
+            cfg.run_dir = str(prev)
+    else:
+        path = Path(str(resume))
+        if path.suffix == ".ckpt":
+            path = path.parent.parent
+        if not (path / "checkpoints").is_dir():
+            raise CheckpointError(f"resume={resume}: no checkpoints/ folder in {path}")
+        cfg.run_dir = str(path)
+        cfg.resume = True
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    resolve_resume(cfg, hydra_dir)
     if cfg.get("run_dir") is None:
-        cfg.run_dir = HydraConfig.get().runtime.output_dir
+        cfg.run_dir = str(hydra_dir)
     metrics = train(cfg)
     target = cfg.get("optimized_metric")
     return metrics.get(target) if target else None

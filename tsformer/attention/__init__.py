@@ -1,8 +1,18 @@
 """Efficient attention: typed patterns and kernels behind one interface.
 
-Every kernel is an ``nn.Module`` with ``forward(q, k, v, pattern)`` on ``(B, H, L, D)``
-tensors and a ``supports(q, pattern, dropout_p)`` method returning None or the reason it
-cannot serve a request. :func:`attention` dispatches by name through :data:`KERNELS`.
+Every kernel is an ``nn.Module`` with ``forward(q, k, v, pattern, *, scale, dropout_p,
+global_qkv)`` on ``(B, H, L, D)`` tensors and a ``supports(q, pattern, dropout_p)`` method
+returning None or the reason it cannot serve a request (``forward`` then raises
+``ValueError`` with that reason). :func:`attention` dispatches by name through
+:data:`KERNELS`, the names ``model.attention.kernel`` takes:
+
+- ``reference``: dense masked ``softmax(QK^T)V``, the ground truth (any pattern, dropout).
+- ``flex``: PyTorch FlexAttention with a block mask from the pattern; compiled; inference
+  only on CPU (no CPU backward in PyTorch 2.14).
+- ``sparse``: work and memory follow the pattern's non-zeros, forward and backward:
+  ``logsparse`` (:class:`LogSparseAttention`, O(L log L)) and ``window``
+  (:class:`WindowAttention`, blocked O(L w), dilation, global tokens).
+- ``auto``: the fastest kernel that serves the request (:func:`choose_kernel`).
 """
 
 from __future__ import annotations

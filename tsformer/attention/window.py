@@ -75,16 +75,32 @@ def _chunks(N: int, nb: int, b: int, span: int):
             yield n0, min(N, n0 + g), 0, nb
     else:
         c = max(1, CHUNK_ELEMS // per_block)
+        c = math.ceil(nb / math.ceil(nb / c))  # equal chunks
         for n0 in range(N):
             for m0 in range(0, nb, c):
                 yield n0, n0 + 1, m0, min(nb, m0 + c)
 
 
-def _bmm(a: Tensor, b: Tensor) -> Tensor:
+def _bmm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     """Matmul over leading dims; 3-d when possible so strided windows are not copied."""
     if a.shape[0] == 1:
-        return torch.bmm(a[0], b[0])[None]
-    return torch.matmul(a, b)
+        if out is None:
+            return torch.bmm(a[0], b[0])[None]
+        torch.bmm(a[0], b[0], out=out[0])
+        return out
+    if out is None:
+        return torch.matmul(a, b)
+    return torch.matmul(a, b, out=out)
+
+
+def _add_band(s: Tensor, band: Tensor, b: int) -> None:
+    """``s += band``, touching only the first and last ``b`` columns: the band is 0 between."""
+    span = s.shape[-1]
+    if span <= 2 * b:
+        s += band
+    else:
+        s[..., :b] += band[:, :b]
+        s[..., span - b :] += band[:, span - b :]
 
 
 class _WindowFn(torch.autograd.Function):
@@ -93,7 +109,7 @@ class _WindowFn(torch.autograd.Function):
         N, L, D = q.shape
         b = _block_size(before + after)
         nb, span, pieces, Lp = _geometry(L, before, after, b)
-        qp = F.pad(q, (0, 0, 0, nb * b - L)).view(N, nb, b, D)
+        qp = F.pad(q * scale, (0, 0, 0, nb * b - L)).view(N, nb, b, D)
         kw = _windows(_pad_keys(k, before, Lp), nb, span, b)
         vw = _windows(_pad_keys(v, before, Lp), nb, span, b)
         band = _band(b, span, before, after, q.dtype, q.device)
@@ -102,15 +118,15 @@ class _WindowFn(torch.autograd.Function):
         out = q.new_empty(N, nb, b, D)
         lse = q.new_empty(N, nb, b)
         for n0, n1, m0, m1 in _chunks(N, nb, b, span):
-            s = _bmm(qp[n0:n1, m0:m1] * scale, kw[n0:n1, m0:m1].transpose(-1, -2))
-            s += band
+            s = _bmm(qp[n0:n1, m0:m1], kw[n0:n1, m0:m1].transpose(-1, -2))
+            _add_band(s, band, b)
             _add_key_bias(s, bw, n0, n1, m0, m1, edges)
             mx = s.amax(-1, keepdim=True)
             mx.masked_fill_(mx == float("-inf"), 0.0)  # rows with no key: exp(-inf) = 0
             s.sub_(mx).exp_()
             denom = s.sum(-1, keepdim=True)
-            o = _bmm(s, vw[n0:n1, m0:m1])
-            out[n0:n1, m0:m1] = o.div_(denom.clamp_min(torch.finfo(q.dtype).tiny))
+            o = _bmm(s, vw[n0:n1, m0:m1], out=out[n0:n1, m0:m1])
+            o.div_(denom.clamp_min(torch.finfo(q.dtype).tiny))
             lse[n0:n1, m0:m1] = (mx + denom.log()).squeeze(-1)
         # The output is O(L D) like q, and rowsum(dO * O) from it is cheaper than from P dP.
         ctx.save_for_backward(q, k, v, key_bias, lse, out)
@@ -125,7 +141,7 @@ class _WindowFn(torch.autograd.Function):
         N, L, D = q.shape
         b = _block_size(before + after)
         nb, span, pieces, Lp = _geometry(L, before, after, b)
-        qp = F.pad(q, (0, 0, 0, nb * b - L)).view(N, nb, b, D)
+        qp = F.pad(q * scale, (0, 0, 0, nb * b - L)).view(N, nb, b, D)
         kw = _windows(_pad_keys(k, before, Lp), nb, span, b)
         vw = _windows(_pad_keys(v, before, Lp), nb, span, b)
         if dout is None:
@@ -146,16 +162,16 @@ class _WindowFn(torch.autograd.Function):
         dkp = q.new_zeros(N, Lp, D)
         dvp = q.new_zeros(N, Lp, D)
         for n0, n1, m0, m1 in _chunks(N, nb, b, span):
-            qc = qp[n0:n1, m0:m1] * scale
+            qc = qp[n0:n1, m0:m1]
             kc, vc = kw[n0:n1, m0:m1], vw[n0:n1, m0:m1]
             p = _bmm(qc, kc.transpose(-1, -2))
-            p += band
+            _add_band(p, band, b)
             _add_key_bias(p, bw, n0, n1, m0, m1, edges)
             p.sub_(lse_safe[n0:n1, m0:m1]).exp_()
             doc = dop[n0:n1, m0:m1]
             ds = _bmm(doc, vc.transpose(-1, -2))  # dP
             ds.sub_(delta[n0:n1, m0:m1]).mul_(p)
-            dq[n0:n1, m0:m1] = _bmm(ds, kc).mul_(scale)
+            _bmm(ds, kc, out=dq[n0:n1, m0:m1]).mul_(scale)
             dkw = _bmm(ds.transpose(-1, -2), qc)  # (g, c, span, D)
             dvw = _bmm(p.transpose(-1, -2), doc)
             _scatter_windows(dkp, dkw, n0, n1, m0, m1, b, span, pieces)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tsformer.data.readers import DataError, SeriesTable, read_series
+from tsformer.data.samplers import ShardedSampler
 
 
 def time_features(index: pd.DatetimeIndex) -> tuple[np.ndarray, list[str]]:
@@ -25,7 +26,8 @@ def time_features(index: pd.DatetimeIndex) -> tuple[np.ndarray, list[str]]:
     Returns:
         ``(T, F)`` float32 array and the ``F`` feature names.
     """
-    step = pd.Timedelta(index.freq) if index.freq is not None else index[1] - index[0]
+    # (pandas 3's Day offset does not convert to a Timedelta: take the step from the index)
+    step = index[1] - index[0] if len(index) > 1 else pd.Timedelta(pd.tseries.frequencies.to_offset(index.freq).nanos)
     feats, names = [], []
     if step < pd.Timedelta("1h"):
         feats.append(index.minute / 59.0 - 0.5)
@@ -69,6 +71,8 @@ class Windows:
     values: np.ndarray  # (T, N), NaN = missing
     time_feats: np.ndarray  # (T, F)
     age: np.ndarray  # (T, N)
+    static: np.ndarray | None = None  # (N, S) static category codes
+    series_index: np.ndarray | None = None  # (N,) embedding row of each column (-1: unknown)
 
     @property
     def num_covariates(self) -> int:
@@ -76,6 +80,14 @@ class Windows:
 
     def covariates(self, n: int, lo: int, hi: int) -> np.ndarray:
         return np.concatenate([self.time_feats[lo:hi], self.age[lo:hi, n, None]], axis=1)
+
+    def ids(self, n: int) -> dict[str, torch.Tensor]:
+        """The ``series`` id (and ``static`` codes, when any) of column ``n``."""
+        sid = n if self.series_index is None else int(self.series_index[n])
+        out = {"series": torch.tensor(sid, dtype=torch.long)}
+        if self.static is not None:
+            out["static"] = torch.from_numpy(self.static[n].astype(np.int64))
+        return out
 
 
 class TrainWindows(Dataset):
@@ -106,7 +118,7 @@ class TrainWindows(Dataset):
             "target": torch.from_numpy(z[1:].astype(np.float32)),
             "observed": torch.from_numpy(observed.astype(np.float32)),
             "covariates": torch.from_numpy(self.w.covariates(n, lo, s + H)),
-            "series": torch.tensor(n, dtype=torch.long),
+            **self.w.ids(n),
             "scale": torch.tensor(scale, dtype=torch.float32),
         }
 
@@ -138,7 +150,7 @@ class ForecastWindows(Dataset):
         return {
             "inputs": torch.from_numpy(np.nan_to_num(past / scale, nan=0.0).astype(np.float32)),
             "covariates": torch.from_numpy(self.w.covariates(n, lo, s + H)),
-            "series": torch.tensor(n, dtype=torch.long),
+            **self.w.ids(n),
             "scale": torch.tensor(scale, dtype=torch.float32),
             "future": torch.from_numpy(future),
             "start": torch.tensor(s, dtype=torch.long),
@@ -179,6 +191,7 @@ class ForecastingDataModule(pl.LightningDataModule):
         eval_batch_size: int = 32,
         num_workers: int = 0,
         reader: dict | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.path = path
@@ -193,7 +206,9 @@ class ForecastingDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.reader = dict(reader or {})
+        self.seed = seed
         self.table: SeriesTable | None = None
+        self.resume_batches = 0  # batches of the current epoch already trained (set on resume)
 
     # -- set-up ---------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -254,18 +269,24 @@ class ForecastingDataModule(pl.LightningDataModule):
     # -- loaders ----------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         ds = TrainWindows(self.windows, self.train_items, self.context_length, self.horizon)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=len(ds) > self.batch_size,
+        sampler = ShardedSampler(len(ds), shuffle=True, seed=self.seed)
+        if self.resume_batches:
+            sampler.skip(self.resume_batches * self.batch_size)
+            self.resume_batches = 0
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(ds) > self.batch_size,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _eval_loader(self, ds: Dataset) -> DataLoader:
+        sampler = ShardedSampler(len(ds), shuffle=False)
+        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self.val_items) == 0:
             return []
-        ds = TrainWindows(self.windows, self.val_items, self.context_length, self.horizon)
-        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        return self._eval_loader(TrainWindows(self.windows, self.val_items, self.context_length, self.horizon))
 
     def test_dataloader(self) -> DataLoader:
-        ds = ForecastWindows(self.windows, self.test_items, self.context_length, self.horizon)
-        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        return self._eval_loader(ForecastWindows(self.windows, self.test_items, self.context_length, self.horizon))
 
     # -- baselines --------------------------------------------------------------
     def seasonal_naive(self, season: int | None = None) -> tuple[np.ndarray, np.ndarray]:

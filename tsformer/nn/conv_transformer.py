@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.attention import Pattern, attention, get_kernel, pattern_from_config
-from tsformer.attention.reference import dense_attention
 from tsformer.nn.likelihoods import GaussianHead
 
 
@@ -73,46 +72,66 @@ class ConvSelfAttention(nn.Module):
         v = self.v(x).view(B, L, self.n_heads, C // self.n_heads).transpose(1, 2)
         o = attention(q, k, v, pattern, kernel=self.kernel)
         out = self.drop(self.out(o.transpose(1, 2).reshape(B, L, C)))
-        keys = k.new_zeros(B * repeat, self.n_heads, max_len, C // self.n_heads)
-        values = torch.zeros_like(keys)
-        keys[:, :, :L] = k.repeat_interleave(repeat, 0)
-        values[:, :, :L] = v.repeat_interleave(repeat, 0)
+        # The prefix is shared by all sample paths of a series: keep it once, and give each
+        # path its own buffer only for the positions it decodes.
+        suffix = k.new_zeros(B, self.n_heads, repeat, max(max_len - L, 0), C // self.n_heads)
         tail = xc[:, :, xc.shape[-1] - (self.kernel_size - 1) :].repeat_interleave(repeat, 0)
-        return out, DecodeState(tail, keys, values, L)
+        return out, DecodeState(tail, k, v, suffix, torch.zeros_like(suffix), L, repeat)
 
     def step(self, x: Tensor, state: DecodeState, pattern: Pattern) -> Tensor:
-        """Output at the next position from its input ``x`` ``(B, 1, d_model)``; updates ``state``."""
-        B, _, C = x.shape
-        t = state.length
-        window = torch.cat([state.tail, x.transpose(1, 2)], dim=-1)  # (B, C, k)
-        q, k = self.qk(window).chunk(2, dim=1)  # (B, C, 1)
-        q = q.view(B, self.n_heads, C // self.n_heads, 1).transpose(-1, -2)
-        state.keys[:, :, t] = k.view(B, self.n_heads, C // self.n_heads)
-        state.values[:, :, t] = self.v(x).view(B, self.n_heads, C // self.n_heads)
+        """Output at the next position from its input ``x`` ``(B * repeat, 1, d_model)``; updates ``state``."""
+        BS, _, C = x.shape
+        H, D = self.n_heads, C // self.n_heads
+        t, P, R = state.length, state.prefix_len, state.repeat
+        window = torch.cat([state.tail, x.transpose(1, 2)], dim=-1)  # (BS, C, k)
+        # A convolution over exactly k positions is one matrix product.
+        q, k = F.linear(window.flatten(1), self.qk.weight.flatten(1), self.qk.bias).chunk(2, dim=1)  # (BS, C)
+        state.keys[:, :, :, t - P] = k.view(BS // R, R, H, D).transpose(1, 2)
+        state.values[:, :, :, t - P] = self.v(x).view(BS // R, R, H, D).transpose(1, 2)
         state.tail = window[:, :, 1:]
         state.length = t + 1
-        # One query row: dense attention over the keys its pattern row allows.
-        keys_idx = torch.arange(t + 1, device=x.device)
+        # One query row over the keys its pattern row allows: shared prefix plus own suffix,
+        # joined in one softmax.
         zero = torch.zeros((), dtype=torch.long, device=x.device)
-        row = pattern.mask_fn(t + 1, t + 1, x.device)(zero, zero, torch.tensor(t, device=x.device), keys_idx)
-        o = dense_attention(q, state.keys[:, :, : t + 1], state.values[:, :, : t + 1], row.view(1, 1, 1, -1))
-        return self.drop(self.out(o.transpose(1, 2).reshape(B, 1, C)))
+        row = pattern.mask_fn(t + 1, t + 1, x.device)(zero, zero, torch.tensor(t, device=x.device),
+                                                      torch.arange(t + 1, device=x.device))
+        scale = D**-0.5
+        qh = q.view(BS // R, R, H, D).transpose(1, 2)  # (B, H, R, D)
+        s_pre = torch.matmul(qh, state.prefix_keys.transpose(-1, -2)) * scale  # (B, H, R, P)
+        n = t + 1 - P
+        suf_k, suf_v = state.keys[:, :, :, :n], state.values[:, :, :, :n]  # (B, H, R, n, D) views
+        s_suf = torch.matmul(qh.unsqueeze(-2), suf_k.transpose(-1, -2)).squeeze(-2) * scale  # (B, H, R, n)
+        scores = torch.cat([s_pre, s_suf], dim=-1).masked_fill(~row, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        o = torch.matmul(probs[..., :P], state.prefix_values)
+        o = o + torch.matmul(probs[..., P:].unsqueeze(-2), suf_v).squeeze(-2)
+        o = o.transpose(1, 2).reshape(BS, 1, C)  # (B, R, H, D) -> rows in (series, path) order
+        return self.drop(self.out(o))
 
 
 @dataclass
 class DecodeState:
-    """Per-layer state of incremental decoding.
+    """Per-layer state of incremental decoding for ``repeat`` sample paths per series.
 
     Attributes:
-        tail: ``(B, d_model, k - 1)`` last attention inputs, for the causal convolution.
-        keys, values: ``(B, H, max_len, D)`` buffers, filled up to ``length``.
-        length: positions decoded so far.
+        tail: ``(B * repeat, d_model, k - 1)`` last attention inputs, for the causal convolution.
+        prefix_keys, prefix_values: ``(B, H, prefix_len, D)``, shared by a series' paths.
+        keys, values: ``(B, H, repeat, max_len - prefix_len, D)`` per-path buffers.
+        length: positions decoded so far (prefix included).
+        prefix_len: length of the shared prefix.
+        repeat: sample paths per series.
     """
 
     tail: Tensor
+    prefix_keys: Tensor
+    prefix_values: Tensor
     keys: Tensor
     values: Tensor
     length: int
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        self.prefix_len = self.prefix_keys.shape[-2]
 
 
 class ConvTransformerBlock(nn.Module):
@@ -152,10 +171,14 @@ class ConvTransformerForecaster(nn.Module):
         num_covariates: covariates per step.
         d_model, n_heads, n_layers, d_ff: Transformer sizes.
         conv_kernel: convolution width for queries and keys (``k`` in the paper).
-        embedding_dim: size of the series-id embedding.
+        embedding_dim: size of the series-id embedding. A series id ``-1`` (a series not
+            seen in training) gets the mean of the learned embeddings.
         dropout: dropout rate.
         attention: pattern settings, ``pattern`` (``logsparse``, ``causal``) and its
             options (``local``, ``restart``), and ``kernel`` (``auto``, ``reference``, ...).
+        static_cardinalities: number of categories of each static categorical series
+            feature (code 0 = unknown); each gets its own embedding.
+        static_embedding_dim: size of each static feature's embedding.
     """
 
     def __init__(
@@ -170,6 +193,8 @@ class ConvTransformerForecaster(nn.Module):
         embedding_dim: int = 16,
         dropout: float = 0.1,
         attention: dict[str, Any] | None = None,
+        static_cardinalities: list[int] | None = None,
+        static_embedding_dim: int = 4,
     ):
         super().__init__()
         att = dict(attention or {"pattern": "logsparse"})
@@ -179,31 +204,48 @@ class ConvTransformerForecaster(nn.Module):
             raise ValueError(f"a forecaster needs a causal attention pattern, got {self.pattern}")
         self.num_series = num_series
         self.embed = nn.Embedding(max(num_series, 1), embedding_dim)
-        self.inp = nn.Linear(1 + num_covariates + embedding_dim, d_model)
+        cards = [int(c) for c in (static_cardinalities or [])]
+        self.static_embeds = nn.ModuleList(nn.Embedding(max(c, 1), static_embedding_dim) for c in cards)
+        self.inp = nn.Linear(1 + num_covariates + embedding_dim + len(cards) * static_embedding_dim, d_model)
         self.blocks = nn.ModuleList(
             ConvTransformerBlock(d_model, n_heads, d_ff, conv_kernel, kernel, dropout) for _ in range(n_layers)
         )
         self.ln = nn.LayerNorm(d_model)
         self.head = GaussianHead(d_model)
 
-    def forward(self, inputs: Tensor, covariates: Tensor, series: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, inputs: Tensor, covariates: Tensor, series: Tensor, static: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Distribution of each position's value given everything before it.
 
         Args:
             inputs: ``(B, L)`` previous scaled values.
             covariates: ``(B, L, F)``.
-            series: ``(B,)`` series ids.
+            series: ``(B,)`` series ids (``-1``: unknown series).
+            static: ``(B, S)`` static category codes (``S = len(static_cardinalities)``).
         Returns:
             ``mu, sigma``: each ``(B, L)``.
         """
-        x = self._embed(inputs, covariates, series)
+        x = self._embed(inputs, covariates, series, static)
         for block in self.blocks:
             x = block(x, self.pattern)
         return self.head(self.ln(x))
 
-    def _embed(self, inputs: Tensor, covariates: Tensor, series: Tensor) -> Tensor:
+    def series_features(self, series: Tensor, static: Tensor | None = None) -> Tensor:
+        """``(B, E)`` per-series input features: id embedding and static embeddings."""
+        known = self.embed(series.clamp(0, self.embed.num_embeddings - 1))
+        # A series unseen in training: the average series.
+        emb = torch.where((series < 0)[:, None], self.embed.weight.mean(0).expand_as(known), known)
+        if len(self.static_embeds):
+            if static is None:
+                static = torch.zeros(len(series), len(self.static_embeds), dtype=torch.long, device=series.device)
+            parts = [e(static[:, i].clamp(0, e.num_embeddings - 1)) for i, e in enumerate(self.static_embeds)]
+            emb = torch.cat([emb, *parts], dim=-1)
+        return emb
+
+    def _embed(self, inputs: Tensor, covariates: Tensor, series: Tensor, static: Tensor | None = None) -> Tensor:
         B, L = inputs.shape
-        emb = self.embed(series.clamp(0, self.embed.num_embeddings - 1))[:, None, :].expand(B, L, -1)
+        emb = self.series_features(series, static)[:, None, :].expand(B, L, -1)
         return self.inp(torch.cat([inputs[..., None], covariates, emb], dim=-1))
 
     @torch.no_grad()
@@ -214,6 +256,8 @@ class ConvTransformerForecaster(nn.Module):
         series: Tensor,
         num_samples: int = 100,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        static: Tensor | None = None,
     ) -> Tensor:
         """Ancestral sampling of future paths.
 
@@ -222,6 +266,10 @@ class ConvTransformerForecaster(nn.Module):
             covariates: ``(B, C + H, F)`` covariates of the context and the horizon.
             series: ``(B,)``.
             num_samples: sample paths per series.
+            generator: random source for the draws.
+            noise: optional ``(B, num_samples, H)`` standard-normal draws to use instead,
+                so that forecasts do not depend on batching or on the global random state.
+            static: ``(B, S)`` static category codes.
         Returns:
             ``(B, num_samples, H)`` scaled sample paths.
         """
@@ -231,7 +279,7 @@ class ConvTransformerForecaster(nn.Module):
         L = covariates.shape[1]
         H = L - C1 + 1
         S = num_samples
-        x = self._embed(inputs, covariates[:, :C1], series)
+        x = self._embed(inputs, covariates[:, :C1], series, static)
         states = []
         for block in self.blocks:
             x, st = block.prefill(x, self.pattern, L, S)
@@ -239,15 +287,17 @@ class ConvTransformerForecaster(nn.Module):
         mu, sigma = self.head(self.ln(x[:, -1:]))
         mu, sigma = mu.repeat_interleave(S, 0), sigma.repeat_interleave(S, 0)
         sid = series.repeat_interleave(S, 0)
+        eps = None if noise is None else noise.reshape(B * S, H)
+        sst = None if static is None else static.repeat_interleave(S, 0)
         out = []
         for h in range(H):
-            draw = GaussianHead.sample(mu[:, -1], sigma[:, -1], generator)
+            draw = GaussianHead.sample(mu[:, -1], sigma[:, -1], generator, None if eps is None else eps[:, h])
             out.append(draw)
             if h == H - 1:
                 break
             pos = C1 + h
             cov = covariates[:, pos : pos + 1].repeat_interleave(S, 0)
-            xt = self._embed(draw[:, None], cov, sid)
+            xt = self._embed(draw[:, None], cov, sid, sst)
             for block, st in zip(self.blocks, states):
                 xt = block.step(xt, st, self.pattern)
             mu, sigma = self.head(self.ln(xt))
@@ -261,6 +311,7 @@ class ConvTransformerForecaster(nn.Module):
         series: Tensor,
         num_samples: int = 100,
         generator: torch.Generator | None = None,
+        static: Tensor | None = None,
     ) -> Tensor:
         """:meth:`sample` by re-running the whole sequence each step: slow, for tests."""
         B, C1 = inputs.shape
@@ -270,10 +321,11 @@ class ConvTransformerForecaster(nn.Module):
         x = inputs.repeat_interleave(S, 0)
         cov = covariates.repeat_interleave(S, 0)
         sid = series.repeat_interleave(S, 0)
+        sst = None if static is None else static.repeat_interleave(S, 0)
         out = []
         for h in range(H):
             n = C1 + h  # positions 0..n-1 have inputs; we predict position n-1
-            mu, sigma = self(x, cov[:, :n], sid)
+            mu, sigma = self(x, cov[:, :n], sid, sst)
             draw = GaussianHead.sample(mu[:, -1], sigma[:, -1], generator)
             out.append(draw)
             x = torch.cat([x, draw[:, None]], dim=1)

@@ -36,7 +36,8 @@ class GaussianHead(nn.Module):
         return (nll * weight).sum() / weight.sum().clamp_min(1.0)
 
     @staticmethod
-    def sample(mu: Tensor, sigma: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One draw per entry."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    def sample(mu: Tensor, sigma: Tensor, generator: torch.Generator | None = None, eps: Tensor | None = None) -> Tensor:
+        """One draw per entry (from ``eps``, standard-normal draws, when given)."""
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + sigma * eps

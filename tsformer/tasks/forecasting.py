@@ -12,6 +12,35 @@ from tsformer.metrics import ForecastAccumulator, point_forecast_metrics
 from tsformer.nn.likelihoods import GaussianHead
 
 
+def window_noise(batch: dict[str, Tensor], num_samples: int, horizon: int, seed: int) -> Tensor:
+    """Standard-normal draws ``(B, S, H)``, each window's from its own generator seeded by
+    (seed, series, start)."""
+    return torch.stack([
+        torch.randn(num_samples, horizon, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(n) * 100_003 + int(t)))
+        for n, t in zip(batch["series"].tolist(), batch["start"].tolist())
+    ]).to(batch["inputs"].device, batch["inputs"].dtype)
+
+
+def forecast_batch(
+    net: nn.Module,
+    batch: dict[str, Tensor],
+    num_samples: int,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Sample paths of a forecast-window batch on the original scale: ``(B, S, H)``.
+
+    With ``seed`` (and windows that carry their ``start``), draws come from per-window
+    generators (:func:`window_noise`); otherwise from ``generator``.
+    """
+    kw = {"static": batch["static"]} if "static" in batch else {}
+    if seed is not None and "start" in batch:
+        horizon = batch["covariates"].shape[1] - batch["inputs"].shape[1] + 1
+        kw["noise"] = window_noise(batch, num_samples, horizon, seed)
+    s = net.sample(batch["inputs"], batch["covariates"], batch["series"], num_samples, generator=generator, **kw)
+    return s * batch["scale"][:, None, None]
+
+
 class ForecastingModule(pl.LightningModule):
     """Trains a forecaster by Gaussian negative log-likelihood; tests by sampling.
 
@@ -22,6 +51,7 @@ class ForecastingModule(pl.LightningModule):
         warmup_steps: linear learning-rate warm-up, then cosine decay to ``max_steps``.
         num_samples: sample paths per test forecast.
         quantiles: quantiles reported by ``predict_step``.
+        sample_seed: seed of the per-window forecast draws (None: global random state).
     """
 
     def __init__(
@@ -32,6 +62,7 @@ class ForecastingModule(pl.LightningModule):
         warmup_steps: int = 50,
         num_samples: int = 100,
         quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
+        sample_seed: int | None = 0,
     ):
         super().__init__()
         self.net = net
@@ -39,7 +70,7 @@ class ForecastingModule(pl.LightningModule):
         self.acc = ForecastAccumulator()
 
     def _loss(self, batch: dict[str, Tensor], from_pos: int = 0) -> Tensor:
-        mu, sigma = self.net(batch["inputs"], batch["covariates"], batch["series"])
+        mu, sigma = self.net(batch["inputs"], batch["covariates"], batch["series"], batch.get("static"))
         w = batch["observed"].clone()
         w[:, :from_pos] = 0
         return GaussianHead.nll(mu, sigma, batch["target"], w)
@@ -56,10 +87,22 @@ class ForecastingModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["series"]))
 
     # -- test: rolling forecasts ---------------------------------------------
-    def forecast(self, batch: dict[str, Tensor], num_samples: int | None = None) -> Tensor:
-        """Sample paths on the original scale: ``(B, S, H)``."""
-        s = self.net.sample(batch["inputs"], batch["covariates"], batch["series"], num_samples or self.hparams.num_samples)
-        return s * batch["scale"][:, None, None]
+    def forecast(
+        self,
+        batch: dict[str, Tensor],
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> Tensor:
+        """Sample paths on the original scale: ``(B, S, H)``.
+
+        Without a ``generator``, draws are seeded per window by ``seed`` (default: the
+        module's ``sample_seed``), so a forecast does not depend on the batch, the process
+        count or the global random state.
+        """
+        if generator is None and seed is None:
+            seed = self.hparams.sample_seed
+        return forecast_batch(self.net, batch, num_samples or self.hparams.num_samples, generator, seed)
 
     def on_test_epoch_start(self) -> None:
         self.acc = ForecastAccumulator()

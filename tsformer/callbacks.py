@@ -1,0 +1,199 @@
+"""Training that survives real use: atomic checkpoints, resume, non-finite guard, RNG state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger("tsformer")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated or corrupt."""
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint weights-only (never runs code from the file).
+
+    Raises:
+        CheckpointError: naming the file, when it is missing, truncated or corrupt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for damaged zip archives
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a tsformer/Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file, syncs it, then renames it into place,
+    so a crash never leaves a half-written checkpoint; loads weights-only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+_STEP_RE = re.compile(r"step=(\d+)\.ckpt$")
+
+
+def step_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """``step=N.ckpt`` files in ``ckpt_dir``, newest first."""
+    found = [(int(m.group(1)), p) for p in ckpt_dir.glob("step=*.ckpt") if (m := _STEP_RE.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest loadable checkpoint of a run: ``last.ckpt``, else the step checkpoints.
+
+    A truncated or corrupt file is reported and skipped, so a resume falls back to the
+    previous good checkpoint.
+    """
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    candidates = [ckpt_dir / "last.ckpt"] + step_checkpoints(ckpt_dir)
+    best: tuple[int, Path, dict] | None = None
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("skipping %s", e)
+            continue
+        if best is None or ckpt["global_step"] > best[0]:
+            best = (ckpt["global_step"], path, ckpt)
+    return None if best is None else (best[1], best[2])
+
+
+class PeriodicCheckpoint(pl.Callback):
+    """Saves ``step=N.ckpt`` every ``every_n_steps`` optimizer steps and at the end of
+    training, copies the newest to ``last.ckpt``, and keeps the ``keep`` newest step files
+    (older good ones to fall back on if the newest is damaged)."""
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int = 100, keep: int = 2):
+        self.dirpath, self.every_n_steps, self.keep = Path(dirpath), every_n_steps, keep
+        self._last_saved = -1
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        step = trainer.global_step
+        if step == self._last_saved:
+            return
+        self._last_saved = step
+        path = self.dirpath / f"step={step:07d}.ckpt"
+        trainer.save_checkpoint(path)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            tmp = self.dirpath / ".last.ckpt.tmp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, self.dirpath / "last.ckpt")
+            for old in step_checkpoints(self.dirpath)[self.keep :]:
+                old.unlink(missing_ok=True)
+        trainer.strategy.barrier("tsformer_periodic_checkpoint")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+
+class NonFiniteGuard(pl.Callback):
+    """Skips optimizer steps whose gradients are not finite (NaN/inf loss included) and
+    stops the run after ``max_consecutive`` such steps in a row, naming the step and batch.
+
+    Skipped steps are counted in ``train/skipped_steps``. A stopped run keeps its last good
+    checkpoint: nothing is saved from a non-finite state.
+    """
+
+    def __init__(self, max_consecutive: int = 5):
+        self.max_consecutive = max_consecutive
+        self.skipped = 0
+        self.consecutive = 0
+        self._batch_idx = -1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        finite = all(torch.isfinite(g).all() for g in grads)
+        if finite:
+            self.consecutive = 0
+            return
+        self.skipped += 1
+        self.consecutive += 1
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None  # the optimizer then leaves every parameter untouched
+        log.warning("non-finite gradients at step %d (batch %d): step skipped", trainer.global_step, self._batch_idx)
+        pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
+        if self.consecutive >= self.max_consecutive:
+            raise FloatingPointError(
+                f"{self.consecutive} consecutive non-finite steps, the last at step {trainer.global_step} "
+                f"(batch {self._batch_idx} of epoch {trainer.current_epoch}); the last good checkpoint is kept"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.consecutive = int(state_dict.get("consecutive", 0))
+
+
+class RNGState(pl.Callback):
+    """Saves the Python, NumPy and torch random states in checkpoints and restores them at
+    the first training batch after a resume (after data loaders have been re-created)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        state = {
+            "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending is None:
+            return
+        s, self._pending = self._pending, None
+        internal, version, gauss = s["python"]
+        random.setstate((version, tuple(int(x) for x in internal), gauss))
+        name, keys, pos, has_gauss, cached = s["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+        torch.set_rng_state(s["torch"])
+        if "cuda" in s and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])

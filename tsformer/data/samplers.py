@@ -1,0 +1,61 @@
+"""Samplers that shard across ranks, repeat exactly, and resume mid-epoch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class ShardedSampler(DistributedSampler):
+    """Shuffled or ordered indices, split across ranks, with a deterministic order.
+
+    Training (``shuffle=True``): the order of epoch ``e`` is a permutation drawn from
+    ``seed + e`` alone, every rank gets the same number of indices (padding wraps around),
+    and :meth:`skip` drops the first samples of an epoch so that a resumed run continues
+    exactly where the interrupted one stopped.
+
+    Evaluation (``shuffle=False``): rank ``r`` gets indices ``r, r + W, ...`` with no
+    padding, so every window is evaluated exactly once across ranks.
+
+    It subclasses ``DistributedSampler`` so that Lightning leaves it in place.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0):
+        world, rank = _world()
+        # Bypass DistributedSampler.__init__, which needs a dataset and an initialised group.
+        self.dataset_size, self.num_replicas, self.rank = size, world, rank
+        self.shuffle, self.seed, self.epoch, self._skip = shuffle, seed, 0, 0
+        self.drop_last = False
+        self.num_samples = math.ceil(size / world) if shuffle else len(range(rank, size, world))
+        self.total_size = self.num_samples * world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, n: int) -> None:
+        """Skip the first ``n`` samples (of this rank) of the next iteration only."""
+        self._skip = n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            indices = list(range(self.rank, self.dataset_size, self.num_replicas))
+        else:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.dataset_size, generator=g).tolist()
+            order += order[: self.total_size - len(order)]
+            indices = order[self.rank : self.total_size : self.num_replicas]
+        skip, self._skip = self._skip, 0
+        return iter(indices[skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples

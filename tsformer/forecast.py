@@ -1,0 +1,217 @@
+"""Batch forecasts from an exported model.
+
+    python -m tsformer.forecast model=model.tsf input=history.csv output=forecast.csv \\
+        quantiles=[0.1,0.5,0.9] horizon=24 device=cpu plot=true
+
+Every series of ``input`` (same columns as the training CSV) is forecast from its last
+observed target value, for the trained horizon or a shorter one. Output, long format:
+``series,time,mean,0.1,0.5,0.9``. It is written to a temporary file and renamed, so a
+killed run never leaves half a forecast file. Known covariates need ``horizon`` future
+rows (empty target) in the input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tsformer.data.readers import DataError
+from tsformer.export import ExportError, load_tsf, parse_args
+from tsformer.tasks.forecasting import forecast_batch
+
+DEFAULTS: dict[str, Any] = {
+    "model": None,  # the .tsf file written by tsformer.export
+    "input": None,  # history CSV, same schema as training
+    "output": "forecast.csv",
+    "quantiles": [0.1, 0.5, 0.9],
+    "mean": True,  # also write the mean of the sample paths
+    "horizon": None,  # null: the trained horizon; a shorter one is allowed
+    "num_samples": None,  # null: the trained module.num_samples
+    "batch_size": 256,  # series per batch
+    "device": "cpu",  # cpu | cuda
+    "seed": 0,  # sampling seed: the same seed and batch_size give the same forecast
+    "unknown_series": None,  # null: the trained data.unknown_series (mean | error | <series id>)
+    "on_short": None,  # null: the trained data.on_short (error | skip)
+    "progress": True,
+    "plot": False,  # PNG plots of history and forecast fan
+    "plot_series": None,  # series ids to plot; null: the first 3
+    "plot_dir": None,  # null: <output stem>_plots next to the output
+}
+
+
+def make_datamodule(info: dict, input_path: str | None = None, frame: pd.DataFrame | None = None, **over):
+    """The trained data settings and vocabulary, reading ``input_path`` (or ``frame``) for prediction."""
+    from tsformer.data.csv_forecasting import CSVForecastingDataModule
+
+    data = {k: v for k, v in info["config"]["data"].items() if k not in ("_target_", "path")}
+    data.update({k: v for k, v in over.items() if v is not None})
+    dm = CSVForecastingDataModule(path=input_path, frame=frame, **data)
+    dm.load_state_dict(info["data_state"])
+    dm.setup("predict")
+    return dm
+
+
+@torch.no_grad()
+def predict_frame(
+    net: torch.nn.Module,
+    dm,
+    quantiles: list[float],
+    num_samples: int,
+    *,
+    include_mean: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    keep_samples: bool = False,
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Forecast every predict item of ``dm`` (after ``setup("predict")``).
+
+    Returns:
+        The long forecast table (``series``, ``time``, ``mean``, one column per quantile)
+        and, with ``keep_samples``, the ``(N, S, H)`` sample paths.
+    """
+    from tqdm.auto import tqdm
+
+    net = net.to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    qs = torch.tensor(quantiles, dtype=torch.float32, device=device)
+    H = dm.horizon
+    names, times, means, quants, samples = [], [], [], [], []
+    items = dm.predict_items
+    done = 0
+    for batch in tqdm(dm.predict_dataloader(), disable=not progress, desc="forecast", unit="batch"):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        s = forecast_batch(net, batch, num_samples, gen).float()  # (B, S, H)
+        if len(quantiles):
+            quants.append(torch.quantile(s, qs, dim=1).permute(1, 2, 0).cpu().numpy())  # (B, H, Q)
+        means.append(s.mean(1).cpu().numpy())
+        if keep_samples:
+            samples.append(s.cpu().numpy())
+        for n, start in items[done : done + len(s)]:
+            names.extend([dm.table.names[n]] * H)
+            times.append(dm.forecast_times(n, start, H))
+        done += len(s)
+    cols: dict[str, Any] = {"series": names, "time": np.concatenate(times) if times else []}
+    if include_mean:
+        cols["mean"] = np.concatenate(means).reshape(-1) if means else []
+    if quants:
+        q = np.concatenate(quants).reshape(-1, len(quantiles))
+        for i, rho in enumerate(quantiles):
+            cols[str(rho)] = q[:, i]
+    elif len(quantiles):
+        for rho in quantiles:
+            cols[str(rho)] = []
+    return pd.DataFrame(cols), (np.concatenate(samples) if keep_samples and samples else None)
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` to a temporary file beside ``path``, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            df.to_csv(f, index=False, date_format="%Y-%m-%d %H:%M:%S")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def plot_forecasts(dm, fc: pd.DataFrame, series: list[str], out_dir: Path, quantiles: list[float]) -> list[Path]:
+    """One PNG per series: the recent history, the median (or mean) and the quantile fan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    col = {name: n for n, name in enumerate(dm.table.names)}
+    written = []
+    qs = sorted(quantiles)
+    for name in series:
+        if name not in col:
+            raise DataError(f"plot_series: no series {name!r} in the input")
+        n = col[name]
+        f = fc[fc["series"] == name]
+        if f.empty:
+            continue
+        end = int(dm.series_ends[n])
+        lo = max(0, end - max(3 * dm.horizon, dm.context_length))
+        fig, ax = plt.subplots(figsize=(9, 3.5))
+        ax.plot(dm.table.index[lo:end], dm.table.values[lo:end, n], color="k", lw=1, label="history")
+        t = pd.to_datetime(f["time"])
+        for i in range(len(qs) // 2):
+            a, b = str(qs[i]), str(qs[-1 - i])
+            ax.fill_between(t, f[a], f[b], color="C0", alpha=0.2 + 0.2 * i, lw=0, label=f"{a}-{b}")
+        mid = "0.5" if "0.5" in f else ("mean" if "mean" in f else None)
+        if mid:
+            ax.plot(t, f[mid], color="C0", lw=1.5, label=mid)
+        ax.set_title(str(name))
+        ax.legend(loc="upper left", fontsize=8)
+        fig.autofmt_xdate()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+        p = out_dir / f"{safe}.png"
+        tmp = out_dir / f".{safe}.tmp.png"
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, p)
+        written.append(p)
+    return written
+
+
+def forecast(**kwargs) -> pd.DataFrame:
+    """Run the forecast command with keyword arguments (see :data:`DEFAULTS`)."""
+    args = {**DEFAULTS, **kwargs}
+    if not args["model"] or not args["input"]:
+        raise SystemExit("usage: python -m tsformer.forecast model=model.tsf input=history.csv output=forecast.csv")
+    device = args["device"]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("device=cuda but no CUDA device is available")
+    net, info = load_tsf(args["model"], device=device)
+    trained_h = int(info["data_state"]["horizon"])
+    h = int(args["horizon"] or trained_h)
+    if not 1 <= h <= trained_h:
+        raise DataError(f"horizon={h}: must be between 1 and the trained horizon {trained_h}")
+    quantiles = [float(q) for q in (args["quantiles"] or [])]
+    if any(not 0 < q < 1 for q in quantiles):
+        raise DataError(f"quantiles must lie strictly between 0 and 1, got {quantiles}")
+    dm = make_datamodule(
+        info, args["input"], horizon=h, eval_batch_size=int(args["batch_size"]),
+        unknown_series=args["unknown_series"], on_short=args["on_short"],
+    )
+    for name, length in dm.skipped:
+        print(f"skipped series {name!r}: {length} steps of history < context_length {dm.context_length}",
+              file=sys.stderr)
+    num_samples = int(args["num_samples"] or info["config"].get("module", {}).get("num_samples", 100))
+    fc, _ = predict_frame(net, dm, quantiles, num_samples, include_mean=bool(args["mean"]), seed=args["seed"],
+                          device=device, progress=bool(args["progress"]))
+    write_csv_atomic(fc, args["output"])
+    if args["plot"]:
+        out = Path(args["output"])
+        plot_dir = Path(args["plot_dir"]) if args["plot_dir"] else out.with_name(f"{out.stem}_plots")
+        series = args["plot_series"] or [dm.table.names[n] for n, _ in dm.predict_items[:3]]
+        plot_forecasts(dm, fc, [str(s) for s in series], plot_dir, quantiles)
+    return fc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS)
+    try:
+        fc = forecast(**args)
+    except (DataError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args['output']}: {fc['series'].nunique()} series x {len(fc) // max(fc['series'].nunique(), 1)} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
