@@ -153,3 +153,36 @@ def cer(refs: list[str], hyps: list[str]) -> float:
         de, dn = char_errors(r, h)
         e, n = e + de, n + dn
     return e / n if n else float("nan")
+# -- long-document classification and character LM (Longformer tasks) ----------------------
+def accuracy(y_true: np.ndarray | Tensor, y_pred: np.ndarray | Tensor) -> float:
+    """Fraction of predictions equal to the labels (both ``(N,)`` class ids)."""
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError(f"accuracy needs two equal, non-empty shapes, got {t.shape} and {p.shape}")
+    return float((t == p).mean())
+
+
+def macro_f1(y_true: np.ndarray | Tensor, y_pred: np.ndarray | Tensor, num_classes: int | None = None) -> float:
+    """Unweighted mean over classes of ``F1 = 2 TP / (2 TP + FP + FN)``.
+
+    Classes are ``0..num_classes-1`` (default: every class seen in either array); a class
+    with no true and no predicted examples scores 0 (scikit-learn's ``zero_division=0``).
+    """
+    t, p = np.asarray(y_true).astype(np.int64), np.asarray(y_pred).astype(np.int64)
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError(f"macro_f1 needs two equal, non-empty shapes, got {t.shape} and {p.shape}")
+    classes = range(num_classes) if num_classes is not None else sorted(set(t.tolist()) | set(p.tolist()))
+    scores = []
+    for c in classes:
+        tp = int(((t == c) & (p == c)).sum())
+        fp = int(((t != c) & (p == c)).sum())
+        fn = int(((t == c) & (p != c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return float(np.mean(scores))
+
+
+def bits_per_character(nll_nats_sum: float, num_chars: int) -> float:
+    """Bits per character from a summed negative log-likelihood in nats: ``sum / (n ln 2)``."""
+    if num_chars <= 0:
+        raise ValueError("bits_per_character needs at least one character")
+    return float(nll_nats_sum / num_chars / np.log(2.0))

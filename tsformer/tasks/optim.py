@@ -24,3 +24,10 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return float(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), "interval": "step"}
+
+
+def adamw_warmup_cosine(module, lr: float, weight_decay: float, warmup_steps: int) -> dict:
+    """AdamW plus :func:`warmup_cosine` over ``module.trainer``'s step budget (Lightning's
+    ``configure_optimizers`` return value)."""
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    return {"optimizer": opt, "lr_scheduler": warmup_cosine(opt, warmup_steps, module.trainer.estimated_stepping_batches)}
