@@ -104,7 +104,8 @@ class PeriodicCheckpoint(pl.Callback):
             return
         self._last_saved = step
         path = self.dirpath / f"step={step:07d}.ckpt"
-        trainer.save_checkpoint(path)  # collective: every rank calls it, rank 0 writes
+        # Full state (optimizer, loops) for resuming; loading is still weights-only.
+        trainer.save_checkpoint(path, weights_only=False)  # collective: every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             tmp = self.dirpath / ".last.ckpt.tmp"
             shutil.copyfile(path, tmp)
