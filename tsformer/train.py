@@ -134,6 +134,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer_kwargs = {} if has_val else {"limit_val_batches": 0}
+    if getattr(datamodule, "shards_batches", False):
+        trainer_kwargs["use_distributed_sampler"] = False  # the data module shards its own batches
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         logger=logger,
@@ -151,6 +153,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume_from is not None:
         train_seconds += float(_previous_metrics(run_dir).get("train/seconds_before_resume", 0.0))
 
+    if not (ckpt_dir / "last.ckpt").exists():  # e.g. max_steps=0: nothing was trained or saved
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)
     best = best_ckpt.best_model_path or None
     if best is None and trainer.is_global_zero:
         # No validation: "best" is the last state.

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 def _world() -> tuple[int, int]:
@@ -59,3 +59,33 @@ class ShardedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class RankBatches(Sampler):
+    """Shards any batch sampler (an iterable of index lists) across ranks.
+
+    Rank ``r`` gets batches ``r, r + W, ...``. For training every rank gets the same number
+    of batches (the remainder is dropped), as DDP needs; for evaluation nothing is dropped
+    or repeated, so every item is evaluated exactly once. With one process it is the inner
+    sampler unchanged.
+    """
+
+    def __init__(self, batches, train: bool):
+        self.batches, self.train = batches, train
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
+    def _shard(self, n: int) -> tuple[int, int, int]:
+        world, rank = _world()
+        count = n // world if self.train else len(range(rank, n, world))
+        return world, rank, count
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(iter(self.batches))
+        world, rank, count = self._shard(len(batches))
+        return iter(batches[rank::world][:count])
+
+    def __len__(self) -> int:
+        return self._shard(len(self.batches))[2]

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tsformer.data.audio import LogMelFilterbank, feature_stats, load_audio, speed_perturb
 from tsformer.data.readers import DataError
+from tsformer.data.samplers import RankBatches
 from tsformer.data.tokenizers import Tokenizer, build_tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ class SpeechDataModule(pl.LightningDataModule):
         seed: seed of the batch order.
     """
 
+    # Batches are sharded across ranks here (RankBatches), not by Lightning.
+    shards_batches = True
+
     def __init__(
         self,
         features: dict | None = None,
@@ -244,7 +248,8 @@ class SpeechDataModule(pl.LightningDataModule):
         else:  # sorted by length: less padding; the order does not change the metrics
             order = sorted(range(len(lengths)), key=lambda i: lengths[i])
             sampler = [order[i : i + self.eval_batch_size] for i in range(0, len(order), self.eval_batch_size)]
-        return DataLoader(self.datasets[part], batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        return DataLoader(self.datasets[part], batch_sampler=RankBatches(sampler, train), collate_fn=collate,
+                          num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

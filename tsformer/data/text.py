@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tsformer.data.readers import DataError
+from tsformer.data.samplers import RankBatches, ShardedSampler
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -529,6 +530,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size, eval_batch_size, num_workers: loader settings.
     """
 
+    # Batches are sharded across ranks here (RankBatches), not by Lightning.
+    shards_batches = True
+
     def __init__(
         self,
         path: str,
@@ -601,7 +605,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         ds = self.datasets[split]
         sampler = BucketBatchSampler(ds.lengths(), self.batch_size if train else self.eval_batch_size,
                                      shuffle=train, seed=self.split_seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_docs, num_workers=self.num_workers)
+        return DataLoader(ds, batch_sampler=RankBatches(sampler, train), collate_fn=collate_docs,
+                          num_workers=self.num_workers)
 
     def train_dataloader(self):
         return self._loader("train", True)
@@ -722,12 +727,15 @@ class CharLMDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         ds = RandomWindows(self.ids["train"], self.context, self.train_samples, self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=ShardedSampler(len(ds), shuffle=True, seed=self.seed),
+                          num_workers=self.num_workers)
 
     def val_dataloader(self):
         if len(self.ids["val"]) < 2:
             return []
-        return DataLoader(TilingWindows(self.ids["val"], self.context), batch_size=self.eval_batch_size)
+        ds = TilingWindows(self.ids["val"], self.context)
+        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=ShardedSampler(len(ds), shuffle=False))
 
     def test_dataloader(self):
-        return DataLoader(TilingWindows(self.ids["test"], self.context), batch_size=self.eval_batch_size)
+        ds = TilingWindows(self.ids["test"], self.context)
+        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=ShardedSampler(len(ds), shuffle=False))

@@ -86,7 +86,11 @@ class LongformerSelfAttention(nn.Module):
         self.window, self.dilation, self.one_sided, self.pattern, self.kernel = window, dilation, one_sided, pattern, kernel
         self.dilated_heads = (n_heads if dilated_heads == 0 else dilated_heads) if dilation > 1 else 0
         self.rotary = rotary
-        for name in ("query", "key", "value", "query_global", "key_global", "value_global"):
+        # Global projections only where global tokens can occur: unused parameters would
+        # break DDP's gradient reduction (and waste memory) in the causal LM and the dense baseline.
+        self.has_global = pattern == "window" and not one_sided
+        names = ("query", "key", "value") + (("query_global", "key_global", "value_global") if self.has_global else ())
+        for name in names:
             setattr(self, name, nn.Linear(d_model, d_model))
 
     def _patterns(self) -> list[tuple[slice, Pattern]]:
@@ -114,7 +118,7 @@ class LongformerSelfAttention(nn.Module):
             ``(B, L, E)`` concatenated head outputs.
         """
         B, L, E = x.shape
-        gidx = sorted({int(i) for i in global_idx if 0 <= int(i) < L}) if self.pattern == "window" else []
+        gidx = sorted({int(i) for i in global_idx if 0 <= int(i) < L}) if self.has_global else []
         names = ["query", "key", "value"] + (["key_global", "value_global"] if gidx else [])
         # One packed matmul for all full-length projections: fewer passes over x.
         w = torch.cat([getattr(self, n).weight for n in names])

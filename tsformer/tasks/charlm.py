@@ -52,6 +52,8 @@ class CharLMModule(pl.LightningModule):
 
     def _eval_end(self, stage: str) -> None:
         s, n = self._sums.pop(stage, [0.0, 0.0])
+        if self.trainer.world_size > 1:  # each rank scored its own shard
+            s, n = self.all_gather(torch.tensor([s, n], dtype=torch.float64, device=self.device)).sum(0).tolist()
         if n > 0:
             self.log(f"{stage}/bpc", bits_per_character(s, int(n)), prog_bar=stage == "val")
 

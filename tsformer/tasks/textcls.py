@@ -48,10 +48,18 @@ class TextClassificationModule(pl.LightningModule):
 
     def _eval_end(self, stage: str) -> None:
         pairs = torch.cat(self._preds.pop(stage, []) or [torch.zeros(2, 0, dtype=torch.long)], dim=1)
+        n = self.net.head[-1].out_features if hasattr(self.net, "head") else int(pairs.max()) + 1
+        if self.trainer.world_size > 1:
+            # Each rank scored its own shard: add up the confusion counts of all ranks.
+            conf = torch.zeros(n, n, dtype=torch.long)
+            conf.index_put_((pairs[1], pairs[0]), torch.ones(pairs.shape[1], dtype=torch.long), accumulate=True)
+            conf = self.all_gather(conf.to(self.device)).sum(0).cpu()
+            true, pred = torch.nonzero(conf, as_tuple=True)
+            reps = conf[true, pred]
+            pairs = torch.stack([pred.repeat_interleave(reps), true.repeat_interleave(reps)])
         if pairs.shape[1] == 0:
             return
         pred, true = pairs[0].numpy(), pairs[1].numpy()
-        n = self.net.head[-1].out_features if hasattr(self.net, "head") else None
         self.log(f"{stage}/accuracy", accuracy(true, pred), prog_bar=stage == "val")
         self.log(f"{stage}/f1", macro_f1(true, pred, n))
 
