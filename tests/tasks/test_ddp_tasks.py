@@ -76,3 +76,46 @@ def test_ddp_speech_eval_equals_single_process(tmp_path):
         assert ddp[k] == pytest.approx(single[k], rel=1e-9), (k, single, ddp)
     # An untrained model: the check is that DDP runs and reduces, not the accuracy.
     assert (tmp_path / "ddp" / "checkpoints" / "best.ckpt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["textcls", "charlm"])
+def test_kill_and_resume_text_tasks(tmp_path, task):
+    """SIGKILL mid-run, resume=true: the finished run's metrics equal an uninterrupted run's."""
+    import signal
+    import time
+
+    from tsformer.callbacks import find_resume_checkpoint
+
+    if task == "textcls":
+        data = tmp_path / "docs.jsonl"
+        _docs(data)
+        args = ["task=textcls", "model=longformer", f"data.path={data}", "data.text_field=body", "data.label_field=y",
+                "data.max_tokens=64", "data.vocab_size=60", "data.batch_size=4", *TINY_MODEL]
+        keys = ["test/accuracy", "test/f1", "test/loss"]
+    else:
+        data = tmp_path / "t.txt"
+        data.write_text("to be or not to be, that is the question.\n" * 60)
+        args = ["task=charlm", f"data.path={data}", "data.context=64", "data.train_samples=64", "data.batch_size=4",
+                "model.d_model=32", "model.n_heads=4", "model.d_ff=64", "model.window=[8,8,16]"]
+        keys = ["test/bpc"]
+    args += ["trainer.max_steps=150", "trainer.val_check_interval=10", "checkpoint.every_n_steps=3",
+             "model.dropout=0.1", *QUIET]
+    _run(args + [f"run_dir={tmp_path / 'a'}"], tmp_path)
+    ref = json.loads((tmp_path / "a" / "metrics.json").read_text())
+
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    run_b = tmp_path / "b"
+    p = subprocess.Popen([sys.executable, "-m", "tsformer.train", *args, f"run_dir={run_b}"], cwd=tmp_path, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((run_b / "checkpoints").glob("step=*.ckpt")):
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run_b / "metrics.json").exists(), "the run finished before it could be killed"
+    assert 0 < find_resume_checkpoint(run_b)[1]["global_step"] < 150
+    _run(args + [f"run_dir={run_b}", "resume=true"], tmp_path)
+    got = json.loads((run_b / "metrics.json").read_text())
+    for k in keys:
+        assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-7), (k, ref, got)

@@ -20,7 +20,8 @@ class ShardedSampler(DistributedSampler):
     """Shuffled or ordered indices, split across ranks, with a deterministic order.
 
     Training (``shuffle=True``): the order of epoch ``e`` is a permutation drawn from
-    ``seed + e`` alone, every rank gets the same number of indices (padding wraps around),
+    ``seed + e`` alone (its first ``limit`` items when given), every rank gets the same
+    number of indices (padding wraps around),
     and :meth:`skip` drops the first samples of an epoch so that a resumed run continues
     exactly where the interrupted one stopped.
 
@@ -30,13 +31,14 @@ class ShardedSampler(DistributedSampler):
     It subclasses ``DistributedSampler`` so that Lightning leaves it in place.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int = 0):
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, limit: int | None = None):
         world, rank = _world()
         # Bypass DistributedSampler.__init__, which needs a dataset and an initialised group.
         self.dataset_size, self.num_replicas, self.rank = size, world, rank
         self.shuffle, self.seed, self.epoch, self._skip = shuffle, seed, 0, 0
+        self.limit = size if limit is None else min(limit, size)  # items drawn per epoch
         self.drop_last = False
-        self.num_samples = math.ceil(size / world) if shuffle else len(range(rank, size, world))
+        self.num_samples = math.ceil(self.limit / world) if shuffle else len(range(rank, size, world))
         self.total_size = self.num_samples * world
 
     def set_epoch(self, epoch: int) -> None:
@@ -51,7 +53,7 @@ class ShardedSampler(DistributedSampler):
             indices = list(range(self.rank, self.dataset_size, self.num_replicas))
         else:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.dataset_size, generator=g).tolist()
+            order = torch.randperm(self.dataset_size, generator=g)[: self.limit].tolist()
             order += order[: self.total_size - len(order)]
             indices = order[self.rank : self.total_size : self.num_replicas]
         skip, self._skip = self._skip, 0
@@ -72,10 +74,19 @@ class RankBatches(Sampler):
 
     def __init__(self, batches, train: bool):
         self.batches, self.train = batches, train
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this each epoch: the inner order then depends on the epoch alone,
+        so a resumed run draws the same batches as an uninterrupted one."""
         if hasattr(self.batches, "set_epoch"):
             self.batches.set_epoch(epoch)
+        elif hasattr(self.batches, "epoch"):
+            self.batches.epoch = epoch
+
+    def skip(self, n: int) -> None:
+        """Skip the first ``n`` batches (of this rank) of the next iteration only (resume)."""
+        self._skip = n
 
     def _shard(self, n: int) -> tuple[int, int, int]:
         world, rank = _world()
@@ -85,7 +96,8 @@ class RankBatches(Sampler):
     def __iter__(self) -> Iterator[list[int]]:
         batches = list(iter(self.batches))
         world, rank, count = self._shard(len(batches))
-        return iter(batches[rank::world][:count])
+        skip, self._skip = self._skip, 0
+        return iter(batches[rank::world][skip:count])
 
     def __len__(self) -> int:
         return self._shard(len(self.batches))[2]

@@ -162,6 +162,7 @@ class SpeechDataModule(pl.LightningDataModule):
 
     # Batches are sharded across ranks here (RankBatches), not by Lightning.
     shards_batches = True
+    resume_batches = 0  # batches of the current epoch already trained (set by train() on resume)
 
     def __init__(
         self,
@@ -248,7 +249,11 @@ class SpeechDataModule(pl.LightningDataModule):
         else:  # sorted by length: less padding; the order does not change the metrics
             order = sorted(range(len(lengths)), key=lambda i: lengths[i])
             sampler = [order[i : i + self.eval_batch_size] for i in range(0, len(order), self.eval_batch_size)]
-        return DataLoader(self.datasets[part], batch_sampler=RankBatches(sampler, train), collate_fn=collate,
+        batches = RankBatches(sampler, train)
+        if train and self.resume_batches:  # continue mid-epoch where a resumed run stopped
+            batches.skip(self.resume_batches)
+            self.resume_batches = 0
+        return DataLoader(self.datasets[part], batch_sampler=batches, collate_fn=collate,
                           num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

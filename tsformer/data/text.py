@@ -532,6 +532,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     # Batches are sharded across ranks here (RankBatches), not by Lightning.
     shards_batches = True
+    resume_batches = 0  # batches of the current epoch already trained (set by train() on resume)
 
     def __init__(
         self,
@@ -605,7 +606,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
         ds = self.datasets[split]
         sampler = BucketBatchSampler(ds.lengths(), self.batch_size if train else self.eval_batch_size,
                                      shuffle=train, seed=self.split_seed)
-        return DataLoader(ds, batch_sampler=RankBatches(sampler, train), collate_fn=collate_docs,
+        batches = RankBatches(sampler, train)
+        if train and self.resume_batches:  # continue mid-epoch where a resumed run stopped
+            batches.skip(self.resume_batches)
+            self.resume_batches = 0
+        return DataLoader(ds, batch_sampler=batches, collate_fn=collate_docs,
                           num_workers=self.num_workers)
 
     def train_dataloader(self):
@@ -643,17 +648,18 @@ class CharVocab:
 
 
 class RandomWindows(Dataset):
-    """``samples`` random windows of ``context + 1`` characters (inputs and shifted targets)."""
+    """Every window of ``context + 1`` characters (inputs and shifted targets); item ``i``
+    starts at character ``i``. The sampler draws ``samples`` of them per epoch, so the
+    windows are random yet a pure function of (seed, epoch): a resumed run sees the same."""
 
     def __init__(self, ids: np.ndarray, context: int, samples: int, seed: int = 0):
         self.ids, self.context, self.samples, self.seed = torch.from_numpy(ids), context, samples, seed
 
     def __len__(self) -> int:
-        return self.samples
+        return max(1, len(self.ids) - self.context)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        # Global RNG (seeded by the run's seed): fresh windows every epoch.
-        s = int(torch.randint(0, len(self.ids) - self.context, (1,)))
+        s = int(i)
         w = self.ids[s : s + self.context + 1]
         return {"inputs": w[:-1], "targets": w[1:], "weight": torch.ones(self.context)}
 
@@ -693,6 +699,8 @@ class CharLMDataModule(pl.LightningDataModule):
         seed: seed of the random windows.
     """
 
+    resume_batches = 0  # batches of the current epoch already trained (set by train() on resume)
+
     def __init__(self, path: str, context: int = 512, val_fraction: float = 0.05, test_fraction: float = 0.05,
                  train_samples: int = 10_000, batch_size: int = 16, eval_batch_size: int = 16,
                  num_workers: int = 0, seed: int = 0):
@@ -727,8 +735,11 @@ class CharLMDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         ds = RandomWindows(self.ids["train"], self.context, self.train_samples, self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=ShardedSampler(len(ds), shuffle=True, seed=self.seed),
-                          num_workers=self.num_workers)
+        sampler = ShardedSampler(len(ds), shuffle=True, seed=self.seed, limit=self.train_samples)
+        if self.resume_batches:  # continue mid-epoch where a resumed run stopped
+            sampler.skip(self.resume_batches * self.batch_size)
+            self.resume_batches = 0
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self):
         if len(self.ids["val"]) < 2:
