@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.metrics import bits_per_character
+from tsformer.tasks.hooks import StagedEvalHooks
 from tsformer.tasks.optim import adamw_warmup_cosine
 
 
-class CharLMModule(pl.LightningModule):
+class CharLMModule(StagedEvalHooks, pl.LightningModule):
     """Next-character cross-entropy; ``val/bpc`` and ``test/bpc`` over every character of
     the split (sums of NLL over characters, not means of window means).
 
@@ -56,18 +57,6 @@ class CharLMModule(pl.LightningModule):
             s, n = self.all_gather(torch.tensor([s, n], dtype=torch.float64, device=self.device)).sum(0).tolist()
         if n > 0:
             self.log(f"{stage}/bpc", bits_per_character(s, int(n)), prog_bar=stage == "val")
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self):
-        self._eval_end("val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self):
-        self._eval_end("test")
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)

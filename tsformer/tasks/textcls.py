@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.metrics import accuracy, macro_f1
+from tsformer.tasks.hooks import StagedEvalHooks
 from tsformer.tasks.optim import adamw_warmup_cosine
 
 
-class TextClassificationModule(pl.LightningModule):
+class TextClassificationModule(StagedEvalHooks, pl.LightningModule):
     """Cross-entropy training; accuracy and macro-F1 on validation and test.
 
     The SentencePiece model of the run is stored in every checkpoint
@@ -62,18 +63,6 @@ class TextClassificationModule(pl.LightningModule):
         pred, true = pairs[0].numpy(), pairs[1].numpy()
         self.log(f"{stage}/accuracy", accuracy(true, pred), prog_bar=stage == "val")
         self.log(f"{stage}/f1", macro_f1(true, pred, n))
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self):
-        self._eval_end("val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self):
-        self._eval_end("test")
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)

@@ -1,0 +1,29 @@
+"""Lightning hooks shared by task modules that score validation and test the same way."""
+
+from __future__ import annotations
+
+
+class StagedEvalHooks:
+    """Routes validation and test to ``_eval_step(stage, batch)`` and ``_eval_end(stage)``.
+
+    Mix in before ``pl.LightningModule``; the module accumulates per stage in
+    ``_eval_step`` and logs ``<stage>/<metric>`` in ``_eval_end``.
+    """
+
+    def _eval_step(self, stage: str, batch) -> None:
+        raise NotImplementedError
+
+    def _eval_end(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
