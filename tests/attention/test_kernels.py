@@ -193,8 +193,9 @@ def test_auto_choice_on_cpu():
     assert choose_kernel(q, SlidingWindow(8), 0.1, k, v) == "reference"
     with torch.no_grad():
         long_q = torch.zeros(1, 1, 4096, 8)
-        assert choose_kernel(long_q, SlidingWindow(512)) == "flex"
+        assert choose_kernel(long_q, SlidingWindow(512)) == "sparse"
         assert choose_kernel(long_q, LogSparse()) == "sparse"
+        assert choose_kernel(long_q, Full()) == "flex"
     # Training at length: flex has no CPU backward, so auto must not pick it.
     long_q.requires_grad_(True)
     assert choose_kernel(long_q, SlidingWindow(512), 0.0) == "sparse"
@@ -282,3 +283,105 @@ def test_reference_matches_naive(name, L):
     assert torch.equal(pattern.to_dense(L).expand(2, 1, L, L)[:, 0], mask)
     out = attention(q, k, v, pattern, kernel="reference")
     assert_close(out, _naive(q, k, v, mask, 8**-0.5), **TOL)
+
+
+# --- the two window paths: ATen's CPU flash kernel over window views, and blocked matmuls
+# (CUDA, other dtypes, and the backward fallback). Both must match the reference.
+
+WINDOW_NAMES = [n for n in PATTERNS if n.startswith("window")]
+
+
+@pytest.fixture(params=["flash", "bmm"])
+def window_path(request, monkeypatch):
+    from tsformer.attention import window
+
+    if request.param == "bmm":
+        monkeypatch.setattr(window, "_flash_ok", lambda q: False)
+    else:
+        assert window._flash_ok(torch.zeros(1, 1, 1))
+        # Small calls: exercise the chunking over rows and blocks at test sizes.
+        monkeypatch.setattr(window, "_FLASH_CHUNK_ELEMS", 64 * 8)
+    return request.param
+
+
+@pytest.mark.parametrize("L", [1, 33, 130])
+@pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize("name", WINDOW_NAMES)
+def test_window_paths_match_reference(window_path, name, padding, L):
+    pattern = _padded(PATTERNS[name], L) if padding else PATTERNS[name]
+    _check("window", pattern, L, global_qkv="globals" in name)
+
+
+def test_window_paths_larger(window_path):
+    pattern = SlidingWindow(300).with_padding(torch.tensor([515, 260]))
+    _check("window", pattern, 515)
+    _check("window", SlidingWindow(100, dilation=3).with_globals([0, 200]), 400)
+
+
+def _dense_lse(q, k, pattern, scale):
+    mask = pattern.to_dense(q.shape[-2], device=q.device)
+    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+    return torch.logsumexp(s, -1)
+
+
+@pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
+def test_window_core_lse_and_its_gradient(window_path, padding):
+    """The core's log-sum-exp (which global tokens merge through) and its gradient, also
+    on rows whose output gets no gradient (the flash path then falls back)."""
+    from tsformer.attention.window import window_core
+
+    L = 70
+    q, k, v = _inputs(L)
+    core = SlidingWindow(6, one_sided=True)
+    lengths = torch.tensor([70, 30])
+    bias = torch.zeros(2, L).masked_fill_(torch.arange(L)[None] >= lengths[:, None], float("-inf"))
+    pattern = core.with_padding(lengths) if padding else core
+    out, lse = window_core(q, k, v, bias if padding else None, core, 0.3)
+    want_lse = _dense_lse(q, k, pattern, 0.3)
+    assert_close(lse, want_lse, **TOL)
+    assert_close(out, attention(q, k, v, pattern, kernel="reference", scale=0.3), **TOL)
+    w, c = _grad_outputs(out), torch.randn(lse.shape, generator=torch.Generator().manual_seed(5))
+    for zero_rows in (False, True):
+        wo = w.clone()
+        if zero_rows:
+            wo[:, :, 10:20] = 0  # dO = 0 there, dlse != 0
+        fin = torch.isfinite(want_lse)
+        got = torch.autograd.grad((out * wo).sum() + (lse.where(fin, 0) * c).sum(), [q, k, v], retain_graph=True)
+        ref_out = attention(q, k, v, pattern, kernel="reference", scale=0.3)
+        ref_lse = _dense_lse(q, k, pattern, 0.3)
+        want = torch.autograd.grad((ref_out * wo).sum() + (ref_lse.where(fin, 0) * c).sum(), [q, k, v])
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_window_other_dtypes(window_path, dtype):
+    pattern = SlidingWindow(9).with_globals([0]).with_padding(torch.tensor([50, 31]))
+    q, k, v = (t.detach().to(dtype).requires_grad_() for t in _inputs(50))
+    out = attention(q, k, v, pattern, kernel="window")
+    ref = attention(*(t.double() for t in (q, k, v)), pattern, kernel="reference")
+    tol = dict(rtol=1e-7, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
+    assert out.dtype == dtype
+    assert_close(out.double(), ref, **tol)
+    out.float().sum().backward()
+    assert all(torch.isfinite(t.grad.float()).all() for t in (q, k, v))
+
+
+def test_window_strided_inputs(window_path):
+    """Heads-interleaved ``(B, L, H, D)`` storage, as a packed projection produces it."""
+    L = 150
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, L, 3, 8, generator=g).transpose(1, 2).requires_grad_() for _ in range(3))
+    pattern = SlidingWindow(40).with_globals([0, 77]).with_padding(torch.tensor([150, 101]))
+    _check_given("window", pattern, q, k, v)
+
+
+def _check_given(kernel, pattern, q, k, v):
+    out = attention(q, k, v, pattern, kernel=kernel)
+    ref = attention(q, k, v, pattern, kernel="reference")
+    assert_close(out, ref, **TOL)
+    w = _grad_outputs(out)
+    got = torch.autograd.grad((out * w).sum(), [q, k, v])
+    want = torch.autograd.grad((ref * w).sum(), [q, k, v])
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, **TOL)

@@ -72,7 +72,7 @@ KERNELS: dict[str, type[nn.Module]] = {
 
 _INSTANCES: dict[str, nn.Module] = {name: cls() for name, cls in KERNELS.items()}
 
-# On CPU, compiled flex beats the sparse window forward only from this length up (benchmark).
+# On CPU, compiled flex beats fused dense SDPA on full/causal inference from this length up.
 _FLEX_MIN_LEN_CPU = 2048
 # On CUDA (H100, fp32), the sparse kernels overtake fused dense SDPA from about this length
 # (benchmarks/RESULTS.md: L=8192 about even, L=16384 2-3x faster fwd+bwd).
@@ -88,10 +88,9 @@ def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Te
     - CUDA (measured on an H100, fp32): ``sparse`` for LogSparse and sliding-window
       patterns from ``_SPARSE_MIN_LEN_CUDA`` queries up, fused dense ``sdpa`` otherwise;
       compiled ``flex`` measured 3-4x slower than ``sdpa`` there and is not picked.
-    - CPU, LogSparse: ``sparse`` (faster than ``flex`` forward, and it has a backward).
-    - CPU, sliding window: ``flex`` for inference from ``_FLEX_MIN_LEN_CPU`` queries up
-      (compiled, near the matmul peak); ``sparse`` for training (flex has no CPU
-      backward) and for shorter inputs (no compile stall).
+    - CPU, LogSparse and sliding window: ``sparse``, faster than compiled ``flex`` forward
+      (the window kernel runs ATen's fused CPU flash kernel over strided window views),
+      with a backward and no compile stall.
     - CPU, full/causal: ``flex`` for inference from ``_FLEX_MIN_LEN_CPU`` up, else
       ``sdpa``.
 
@@ -104,13 +103,9 @@ def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Te
     sparse_ok = _INSTANCES["sparse"].supports(q, pattern, dropout_p) is None
     if q.device.type == "cuda":
         return "sparse" if sparse_ok and q.shape[-2] >= _SPARSE_MIN_LEN_CUDA else "sdpa"
-    core, _, _ = unwrap(pattern)
-    long = q.shape[-2] >= _FLEX_MIN_LEN_CPU
-    order = ("flex", "sparse") if long and not isinstance(core, LogSparse) else ("sparse",)
-    for name in order:
-        if (flex_ok if name == "flex" else sparse_ok):
-            return name
-    return "sdpa"
+    if sparse_ok:
+        return "sparse"
+    return "flex" if flex_ok and q.shape[-2] >= _FLEX_MIN_LEN_CPU else "sdpa"
 
 
 def get_kernel(name: str) -> nn.Module:
