@@ -171,11 +171,23 @@ def electricity_seasonal_naive(data_path: str, context: int) -> dict[str, Any]:
             "predict_seconds": round(time.perf_counter() - start, 3), "params": 0}
 
 
+def _scratch_dir() -> str:
+    import atexit
+    import shutil
+
+    path = tempfile.mkdtemp(prefix="tsformer-gluonts-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def _gluonts_estimator(model: str, freq: str, horizon: int, context: int, budget_s: float, seed: int,
                        max_steps: int | None):
     """A GluonTS torch estimator at its documented defaults, adapted for horizon, context, budget."""
+    # GluonTS's trainer adds a checkpoint callback that writes under default_root_dir (the
+    # working directory unless set): keep it in a scratch dir removed at exit.
     trainer_kwargs: dict[str, Any] = {"accelerator": "cpu", "enable_progress_bar": False,
-                                      "enable_model_summary": False, "logger": False, "deterministic": False}
+                                      "enable_model_summary": False, "logger": False, "deterministic": False,
+                                      "default_root_dir": _scratch_dir()}
     if budget_s:
         trainer_kwargs["max_time"] = {"seconds": int(math.ceil(budget_s))}
     if max_steps is not None:

@@ -91,6 +91,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader is not resumable.*")
+    # Lightning's own use of a torch pytree API it has not caught up with; nothing to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     resume_from = None

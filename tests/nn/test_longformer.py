@@ -106,12 +106,13 @@ def test_per_head_dilation_changes_only_the_dilated_heads():
     assert not torch.allclose(ya[:, :, 2:], yb[:, :, 2:])
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-def test_classifier_is_invariant_to_padding(positions):
+@pytest.mark.parametrize(("positions", "pooling"), [("learned", "cls"), ("rotary", "cls"), ("learned", "mean"),
+                                                     ("rotary", "cls_mean")])
+def test_classifier_is_invariant_to_padding(positions, pooling):
     torch.manual_seed(0)
     model = LongformerClassifier(vocab_size=50, num_classes=3, d_model=32, n_heads=4, n_layers=2, d_ff=64,
                                  window=[4, 8], dilation=[1, 2], dilated_heads=2, max_tokens=64,
-                                 positions=positions).eval()
+                                 positions=positions, pooling=pooling).eval()
     doc = torch.randint(4, 50, (1, 23))
     doc[0, 0] = 2
     alone = model(doc, torch.tensor([23]))
@@ -123,6 +124,20 @@ def test_classifier_is_invariant_to_padding(positions):
     # Padding content does not leak in.
     padded[0, 23:] = 7
     torch.testing.assert_close(model(padded, torch.tensor([23, 40]))[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_mean_pooling_averages_valid_positions():
+    torch.manual_seed(0)
+    model = LongformerClassifier(vocab_size=50, num_classes=2, d_model=16, n_heads=2, n_layers=1, d_ff=32,
+                                 window=[4], dilation=[1], max_tokens=64, pooling="mean").eval()
+    docs = torch.randint(4, 50, (2, 30))
+    lengths = torch.tensor([30, 17])
+    h = model.encoder(docs, lengths, (0,))
+    want = model.head(torch.stack([h[0].mean(0), h[1, :17].mean(0)]))
+    torch.testing.assert_close(model(docs, lengths), want)
+    with pytest.raises(ValueError, match="pooling"):
+        LongformerClassifier(vocab_size=50, num_classes=2, d_model=16, n_heads=2, n_layers=1, d_ff=32,
+                             window=[4], dilation=[1], max_tokens=64, pooling="max")
 
 
 def test_truncated_encoder_keeps_first_tokens_only():

@@ -47,6 +47,19 @@ def test_textcls_train_end_to_end(tmp_path, model):
     assert metrics["baseline/tfidf_lr/accuracy"] == 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "model"), [("hyperpartisan", "longformer"), ("imdb", "transformer_truncated")])
+def test_shipped_samples_train_with_task_defaults(tmp_path, task, model):
+    """The task configs as shipped (data, tokenizer, model, pooling), cut to a few steps."""
+    run = tmp_path / "run"
+    cfg = compose_config([f"task={task}", f"model={model}", "trainer.max_steps=2", "trainer.val_check_interval=1",
+                          f"run_dir={run}", *QUIET])
+    assert cfg.model.pooling == "mean"
+    metrics = train(cfg)
+    assert 0 <= metrics["test/accuracy"] <= 1 and 0 <= metrics["baseline/tfidf_lr/accuracy"] <= 1
+    assert (run / "checkpoints" / "best.ckpt").exists()
+
+
 def test_textcls_bad_data_fails_before_writing(tmp_path):
     data = tmp_path / "docs.csv"
     data.write_text("text,label\ngood,1\nbad\n")

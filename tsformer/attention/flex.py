@@ -58,6 +58,9 @@ def block_mask_for(pattern: Pattern, batch: int, q_len: int, k_len: int, device:
     return bm
 
 
+_RECOMPILE_LIMIT = 64
+
+
 def _compiled_flex():
     if "fn" not in _COMPILED:
         _COMPILED["fn"] = torch.compile(flex_attention, dynamic=False)
@@ -127,7 +130,10 @@ class FlexAttention(nn.Module):
         if compile is None:
             compile = q.device.type == "cuda" or Lq >= _COMPILE_MIN_LEN
         if compile:
-            out = _compiled_flex()(q, k, v, block_mask=bm, scale=scale)
+            # One compiled graph per (pattern, shape): dynamo's default of 8 recompiles would
+            # silently drop to the O(L^2) eager path in a process that sees more.
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                out = _compiled_flex()(q, k, v, block_mask=bm, scale=scale)
         else:
             with warnings.catch_warnings():  # the eager path is deliberate for small inputs
                 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")

@@ -4,18 +4,25 @@ Beltagy et al. 2020, "Longformer: The Long-Document Transformer"
 (https://arxiv.org/abs/2004.05150).
 
 Queries are cut into blocks of ``b``; block ``m`` attends to the contiguous key range
-``[m b - before, m b + b + after)``, read as an overlapping strided view of the padded
-keys (no copy), so one batched matmul scores a block against exactly
-``b + before + after`` keys: ``(b + w) / w`` work per needed score instead of Longformer's
-2x from overlapping chunks. A static band bias masks the block corners and a per-key bias
-masks padding and global keys. Dilation ``r`` is exact and free of waste: positions
-``i = a r + c`` only meet keys of the same residue ``c``, so the sequence is split into
-``r`` interleaved sub-sequences each running a plain window. Global tokens are handled
-separately (:func:`tsformer.attention._common.attend`).
+``[m b - before, m b + b + after)``, read as an overlapping strided view of the keys (no
+copy), so a block is scored against exactly ``b + before + after`` keys:
+``(b + w) / w`` work per needed score instead of Longformer's 2x from overlapping chunks.
+A static band mask cuts the block corners; a per-key bias masks padding and global keys.
 
-The autograd Function saves only ``q, k, v`` and the per-row log-sum-exp; backward
-recomputes the block scores, and gets ``rowsum(dO * O)`` as ``rowsum(P * dP)`` so the
-output need not be kept.
+Two paths compute the blocks:
+
+- CPU (fp32, fp64, bf16): ATen's fused flash-attention kernel, which takes the strided
+  window views as its keys and values and the band as its mask; its online softmax never
+  writes a score tile to memory. Its backward gets the log-sum-exp gradient folded into
+  the output it reads for ``rowsum(dO * O)`` (:func:`_fold_dlse`).
+- Elsewhere (CUDA, fp16), and as the backward fallback: batched matmuls over chunks of
+  blocks with an explicit softmax.
+
+Dilation ``r`` is exact and free of waste: positions ``i = a r + c`` only meet keys of the
+same residue ``c``, so the sequence is split into ``r`` interleaved sub-sequences each
+running a plain window. Global tokens are handled separately
+(:func:`tsformer.attention._common.attend`). Both paths save only ``q, k, v``, the output
+and the per-row log-sum-exp, and recompute the scores in backward.
 """
 
 from __future__ import annotations

@@ -239,17 +239,24 @@ class LongformerEncoder(nn.Module):
 
 class LongformerClassifier(nn.Module):
     """Document classifier: the encoder's output at the classification token (position 0,
-    with global attention) through a small head.
+    with global attention), or its mean over the document, through a small head.
 
     Args:
         vocab_size, num_classes: from the data.
         global_tokens: positions with global attention (the ``<cls>`` token at 0).
+        pooling: ``cls`` (the paper's readout), ``mean`` (over valid positions) or
+            ``cls_mean`` (their sum).
         **encoder: :class:`LongformerEncoder` arguments.
     """
 
+    POOLING = ("cls", "mean", "cls_mean")
+
     def __init__(self, vocab_size: int, num_classes: int, global_tokens: Sequence[int] = (0,),
-                 dropout: float = 0.1, **encoder):
+                 dropout: float = 0.1, pooling: str = "cls", **encoder):
         super().__init__()
+        if pooling not in self.POOLING:
+            raise ValueError(f"model.pooling must be one of {self.POOLING}, got {pooling!r}")
+        self.pooling = pooling
         self.encoder = LongformerEncoder(vocab_size, dropout=dropout, **encoder)
         self.global_tokens = tuple(int(i) for i in global_tokens)
         d = self.encoder.norm.normalized_shape[0]
@@ -264,8 +271,14 @@ class LongformerClassifier(nn.Module):
             ``(B, num_classes)`` logits.
         """
         g = tuple(sorted(set(self.global_tokens) | set(global_idx or ())))
-        h = self.encoder(tokens, lengths, g)
-        return self.head(h[:, 0])
+        h = self.encoder(tokens, lengths, g)  # (B, L', E), L' <= L when truncated
+        if self.pooling == "cls":
+            return self.head(h[:, 0])
+        L = h.shape[1]
+        n = torch.full((h.shape[0],), L, device=h.device) if lengths is None else lengths.clamp(1, L)
+        valid = (torch.arange(L, device=h.device)[None, :] < n[:, None]).to(h.dtype)  # (B, L')
+        pooled = (h * valid[..., None]).sum(1) / n[:, None].to(h.dtype)
+        return self.head(pooled if self.pooling == "mean" else pooled + h[:, 0])
 
 
 class LongformerCharLM(nn.Module):
