@@ -336,14 +336,20 @@ def _bmm_call(fn, q, k, v, key_bias, before, after, scale, **extra):
     return tuple(x.view(B, H, L, *x.shape[2:]) for x in res)
 
 
-def _bmm_forward(q, k, v, key_bias, before: int, after: int, scale: float):
-    """Blocked-matmul forward: ``out (N, L, D)`` and ``lse (N, L)``; ``key_bias (N, L)`` or None."""
+def _bmm_setup(q, k, v, before: int, after: int, scale: float):
+    """Block geometry, scaled query blocks and key/value window views of ``(N, L, D)`` rows."""
     N, L, D = q.shape
     b = _block_size(before + after)
     nb, span, pieces, Lp = _geometry(L, before, after, b)
     qp = F.pad(q * scale, (0, 0, 0, nb * b - L)).view(N, nb, b, D)
     kw = _windows(_pad_keys(k, before, Lp), nb, span, b)
     vw = _windows(_pad_keys(v, before, Lp), nb, span, b)
+    return N, L, D, b, nb, span, pieces, Lp, qp, kw, vw
+
+
+def _bmm_forward(q, k, v, key_bias, before: int, after: int, scale: float):
+    """Blocked-matmul forward: ``out (N, L, D)`` and ``lse (N, L)``; ``key_bias (N, L)`` or None."""
+    N, L, D, b, nb, span, pieces, Lp, qp, kw, vw = _bmm_setup(q, k, v, before, after, scale)
     band = _band(b, span, before, after, q.dtype, q.device)
     bw = _key_bias_windows(key_bias, N, L, before, Lp, nb, span, b, q.dtype, q.device)
     edges = _edges(key_bias, L, before, span, b, nb)
@@ -362,14 +368,10 @@ def _bmm_forward(q, k, v, key_bias, before: int, after: int, scale: float):
         lse[n0:n1, m0:m1] = (mx + denom.log()).squeeze(-1)
     return out.view(N, nb * b, D)[:, :L], lse.view(N, nb * b)[:, :L]
 
+
 def _bmm_backward(q, k, v, key_bias, before: int, after: int, scale: float, *, dout, dlse, lse, out):
     """Blocked-matmul backward: ``dq, dk, dv``, each ``(N, L, D)``."""
-    N, L, D = q.shape
-    b = _block_size(before + after)
-    nb, span, pieces, Lp = _geometry(L, before, after, b)
-    qp = F.pad(q * scale, (0, 0, 0, nb * b - L)).view(N, nb, b, D)
-    kw = _windows(_pad_keys(k, before, Lp), nb, span, b)
-    vw = _windows(_pad_keys(v, before, Lp), nb, span, b)
+    N, L, D, b, nb, span, pieces, Lp, qp, kw, vw = _bmm_setup(q, k, v, before, after, scale)
     if dout is None:
         dout = torch.zeros_like(q)
     dop = F.pad(dout, (0, 0, 0, nb * b - L)).view(N, nb, b, D)
