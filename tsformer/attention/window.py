@@ -263,6 +263,12 @@ def _has_key(key_bias: Tensor | None, L: int, before: int, after: int) -> Tensor
     return ((cs[:, (i + after + 1).clamp(max=L)] - cs[:, (i - before).clamp(min=0)]) > 0)[:, None]
 
 
+def _lse_contract(lse: Tensor, has: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """The flash log-sum-exp in the input dtype, -inf on rows with no key."""
+    lse = lse.to(dtype)
+    return lse if has is None else lse.masked_fill(~has, float("-inf"))
+
+
 def _fold_dlse(out: Tensor, dout: Tensor, dlse: Tensor) -> Tensor | None:
     """An ``out'`` with ``rowsum(dO * out') = rowsum(dO * out) - dlse``, or None if a row has
     ``dlse != 0`` and ``dO = 0``.
@@ -299,11 +305,8 @@ class _WindowFn(torch.autograd.Function):
         if not ctx.flash:
             return out, lse
         # The flash kernel reports lse = 0 on rows with no key; the contract is -inf.
-        lse_out = lse.to(q.dtype)
-        has = _has_key(key_bias, q.shape[2], before, after)
-        if has is not None:
-            lse_out = lse_out.masked_fill(~has, float("-inf"))
-        return out, lse_out
+        ctx.has = _has_key(key_bias, q.shape[2], before, after)
+        return out, _lse_contract(lse, ctx.has, q.dtype)
 
     @staticmethod
     def backward(ctx, dout, dlse):
@@ -313,15 +316,14 @@ class _WindowFn(torch.autograd.Function):
             dout = torch.zeros_like(q)
         if ctx.flash:
             o_eff = out
-            has = _has_key(key_bias, q.shape[2], before, after)
             if dlse is not None:
-                if has is not None:
-                    dlse = dlse.masked_fill(~has, 0.0)
+                if ctx.has is not None:
+                    dlse = dlse.masked_fill(~ctx.has, 0.0)
                 o_eff = _fold_dlse(out, dout, dlse)
             if o_eff is not None:
                 return (*_flash_backward(dout, q, k, v, o_eff, lse, key_bias, before, after, scale), None, None, None, None)
             # A row with a log-sum-exp gradient but none on its output: blocked matmuls.
-            lse = lse.to(q.dtype) if has is None else lse.to(q.dtype).masked_fill(~has, float("-inf"))
+            lse = _lse_contract(lse, ctx.has, q.dtype)
         grads = _bmm_call(_bmm_backward, q, k, v, key_bias, before, after, scale, dout=dout, dlse=dlse, lse=lse, out=out)
         return *grads, None, None, None, None
 
@@ -372,8 +374,6 @@ def _bmm_forward(q, k, v, key_bias, before: int, after: int, scale: float):
 def _bmm_backward(q, k, v, key_bias, before: int, after: int, scale: float, *, dout, dlse, lse, out):
     """Blocked-matmul backward: ``dq, dk, dv``, each ``(N, L, D)``."""
     N, L, D, b, nb, span, pieces, Lp, qp, kw, vw = _bmm_setup(q, k, v, before, after, scale)
-    if dout is None:
-        dout = torch.zeros_like(q)
     dop = F.pad(dout, (0, 0, 0, nb * b - L)).view(N, nb, b, D)
     dl = None
     if dlse is not None:
