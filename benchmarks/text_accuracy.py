@@ -6,7 +6,10 @@
 
 Each run is ``tsformer.train.train`` with the task's default settings plus ``--override``s;
 TF-IDF + LR comes from the same run's ``baseline/tfidf_lr/*`` (same split). Writes
-``benchmarks/results/text_accuracy.json`` and appends a table to ``benchmarks/RESULTS.md``.
+``benchmarks/results/text_accuracy.json`` and appends a table to ``benchmarks/RESULTS.md``;
+until the suite ends, each finished run is also kept in ``<out>.partial.json``. Besides the
+test figures, each run records ``best/val/accuracy`` (the validation score of the checkpoint
+that was tested), the score a recipe should be chosen by.
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ from tsformer.train import compose_config, train  # noqa: E402
 MODELS = ("longformer", "transformer_truncated")
 
 
-def run(task: str, model: str, overrides: list[str]) -> dict:
+def run_one(task: str, model: str, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config([f"task={task}", f"model={model}", f"run_dir={tmp}", "print_metrics=false",
                               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *overrides])
         m = train(cfg)
     keep = ("test/accuracy", "test/f1", "baseline/tfidf_lr/accuracy", "baseline/tfidf_lr/f1", "train/seconds",
-            "train/steps")
+            "train/steps", "best/val/accuracy")
     out = {k: m[k] for k in keep if k in m}
     print(task, model, overrides, json.dumps(out), flush=True)
     return out
@@ -44,17 +47,18 @@ def run(task: str, model: str, overrides: list[str]) -> dict:
 def report(entries: list[dict]) -> str:
     """A markdown table of the runs in ``entries`` (as stored in the JSON output)."""
     lines = ["\n## Long-document classification accuracy\n",
-             "| suite | model | test accuracy | test macro-F1 | TF-IDF+LR accuracy | TF-IDF+LR F1 | train s | "
-             "device, date | overrides |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| suite | model | test accuracy | test macro-F1 | TF-IDF+LR accuracy | TF-IDF+LR F1 | val accuracy | "
+             "train s | device, date | overrides |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         for r in e["results"]:
             acc = f"{r['test/accuracy']:.4f}" + (f" ± {r['test/accuracy_std']:.4f}" if "test/accuracy_std" in r else "")
             bacc = f"{r['baseline/tfidf_lr/accuracy']:.4f}" + (
                 f" ± {r['baseline/tfidf_lr/accuracy_std']:.4f}" if "baseline/tfidf_lr/accuracy_std" in r else "")
             secs = f"{r['train/seconds']:.0f}" + (" per fold" if "folds" in r else "")
+            val = f"{r['best/val/accuracy']:.4f}" if "best/val/accuracy" in r else "-"
             lines.append(f"| {r['suite']} | {r['model']} | {acc} | {r['test/f1']:.4f} | {bacc} | "
-                         f"{r['baseline/tfidf_lr/f1']:.4f} | {secs} | {e['device']}, {e['date']} | "
+                         f"{r['baseline/tfidf_lr/f1']:.4f} | {val} | {secs} | {e['device']}, {e['date']} | "
                          f"{' '.join(e['overrides']) or '(defaults)'} |")
     return "\n".join(lines) + "\n"
 
@@ -89,6 +93,16 @@ def main() -> None:
         return
 
     results: list[dict] = []
+    partial = Path(args.out).with_suffix(".partial.json")
+
+    def run(task: str, model: str, overrides: list[str]) -> dict:
+        # Every finished run is kept on disk, so a crash later in a long suite loses nothing.
+        r = run_one(task, model, overrides)
+        done = json.loads(partial.read_text()) if partial.exists() else []
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(done + [{"task": task, "model": model, "overrides": overrides, **r}], indent=2))
+        return r
+
     for suite in args.suite:
         for model in args.models:
             if suite == "hyperpartisan_split":
@@ -117,6 +131,7 @@ def main() -> None:
     tmp.write_text(json.dumps(old + [{"date": stamp, "device": device, "host": platform.node(),
                                       "overrides": args.override, "results": results}], indent=2))
     os.replace(tmp, out)
+    partial.unlink(missing_ok=True)
 
     text = report([{"date": stamp, "device": device, "overrides": args.override, "results": results}])
     print(text)

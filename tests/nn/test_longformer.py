@@ -140,6 +140,29 @@ def test_mean_pooling_averages_valid_positions():
                              window=[4], dilation=[1], max_tokens=64, pooling="max")
 
 
+def test_token_dropout_zeroes_drawn_tokens_in_training_only():
+    torch.manual_seed(0)
+    kw = dict(vocab_size=50, num_classes=2, d_model=16, n_heads=2, n_layers=1, d_ff=32, window=[4], dilation=[1],
+              max_tokens=64, pooling="mean", dropout=0.0)
+    model = LongformerClassifier(token_dropout=0.3, **kw)
+    docs = torch.randint(4, 50, (3, 40))
+    docs[:, 0] = 2
+    lengths = torch.tensor([40, 31, 12])
+    torch.manual_seed(1)
+    drop = torch.rand(docs.shape) < 0.3
+    drop[:, 0] = False  # the global <cls> token is kept
+    want = model.eval()(docs.masked_fill(drop, 0), lengths)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.train()(docs, lengths), want)
+    assert 0.2 < drop[:, 1:].float().mean() < 0.4
+    # Evaluation sees every token.
+    plain = LongformerClassifier(**kw)
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model.eval()(docs, lengths), plain.eval()(docs, lengths))
+    with pytest.raises(ValueError, match="token_dropout"):
+        LongformerClassifier(token_dropout=1.0, **kw)
+
+
 def test_truncated_encoder_keeps_first_tokens_only():
     torch.manual_seed(0)
     enc = LongformerEncoder(30, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_tokens=64, truncate=10,

@@ -55,6 +55,7 @@ def test_shipped_samples_train_with_task_defaults(tmp_path, task, model):
     cfg = compose_config([f"task={task}", f"model={model}", "trainer.max_steps=2", "trainer.val_check_interval=1",
                           f"run_dir={run}", *QUIET])
     assert cfg.model.pooling == "mean"
+    assert cfg.model.token_dropout == (0.2 if task == "hyperpartisan" else 0.0)
     metrics = train(cfg)
     assert 0 <= metrics["test/accuracy"] <= 1 and 0 <= metrics["baseline/tfidf_lr/accuracy"] <= 1
     assert (run / "checkpoints" / "best.ckpt").exists()

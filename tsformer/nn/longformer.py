@@ -246,17 +246,22 @@ class LongformerClassifier(nn.Module):
         global_tokens: positions with global attention (the ``<cls>`` token at 0).
         pooling: ``cls`` (the paper's readout), ``mean`` (over valid positions) or
             ``cls_mean`` (their sum).
+        token_dropout: in training, the share of input tokens (global positions excepted)
+            replaced by padding's zero embedding: word dropout (Iyyer et al. 2015), a
+            regularizer for small training sets.
         **encoder: :class:`LongformerEncoder` arguments.
     """
 
     POOLING = ("cls", "mean", "cls_mean")
 
     def __init__(self, vocab_size: int, num_classes: int, global_tokens: Sequence[int] = (0,),
-                 dropout: float = 0.1, pooling: str = "cls", **encoder):
+                 dropout: float = 0.1, pooling: str = "cls", token_dropout: float = 0.0, **encoder):
         super().__init__()
         if pooling not in self.POOLING:
             raise ValueError(f"model.pooling must be one of {self.POOLING}, got {pooling!r}")
-        self.pooling = pooling
+        if not 0.0 <= token_dropout < 1.0:
+            raise ValueError(f"model.token_dropout must be in [0, 1), got {token_dropout}")
+        self.pooling, self.token_dropout = pooling, float(token_dropout)
         self.encoder = LongformerEncoder(vocab_size, dropout=dropout, **encoder)
         self.global_tokens = tuple(int(i) for i in global_tokens)
         d = self.encoder.norm.normalized_shape[0]
@@ -271,6 +276,10 @@ class LongformerClassifier(nn.Module):
             ``(B, num_classes)`` logits.
         """
         g = tuple(sorted(set(self.global_tokens) | set(global_idx or ())))
+        if self.training and self.token_dropout > 0:
+            drop = torch.rand(tokens.shape, device=tokens.device) < self.token_dropout
+            drop[:, [i for i in g if i < tokens.shape[1]]] = False
+            tokens = tokens.masked_fill(drop, 0)  # id 0: padding_idx, a zero embedding
         h = self.encoder(tokens, lengths, g)  # (B, L', E), L' <= L when truncated
         if self.pooling == "cls":
             return self.head(h[:, 0])
