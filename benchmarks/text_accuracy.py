@@ -8,8 +8,9 @@ Each run is ``tsformer.train.train`` with the task's default settings plus ``--o
 TF-IDF + LR comes from the same run's ``baseline/tfidf_lr/*`` (same split). Writes
 ``benchmarks/results/text_accuracy.json`` and appends a table to ``benchmarks/RESULTS.md``;
 until the suite ends, each finished run is also kept in ``<out>.partial.json``. Besides the
-test figures, each run records ``best/val/accuracy`` (the validation score of the checkpoint
-that was tested), the score a recipe should be chosen by.
+test figures, each run records ``best/val/accuracy``, the validation score of the checkpoint
+that was tested: the score to choose recipes by without touching test data, where the
+validation set is large enough (Hyperpartisan's 52 articles per fold were not: RESULTS.md).
 """
 
 from __future__ import annotations
