@@ -1,6 +1,10 @@
-"""Shared fixtures: small series files written in the real formats."""
+"""Shared fixtures: small series files written in the real formats; benchmark scripts as modules."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +23,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` imported as module ``bench_<name>`` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parent.parent
+                                                  / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_long_csv(path, n_series=2, days=40, noise=0.1, seed=0, start="2014-07-01", cols=("series", "time", "value")):

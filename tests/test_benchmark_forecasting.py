@@ -3,27 +3,15 @@ seasonal naive and a one-step tsformer model, without /work/shared."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import make_long_csv
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("bench_forecasting", REPO / "benchmarks" / "forecasting.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_benchmark, make_long_csv
 
 
 def _write_ett_like(path: Path, rows: int = 480, channels: int = 3) -> None:
@@ -36,7 +24,7 @@ def _write_ett_like(path: Path, rows: int = 480, channels: int = 3) -> None:
 
 
 def test_long_horizon_harness_tiny_slice(tmp_path, monkeypatch):
-    bench = _load_harness()
+    bench = load_benchmark("forecasting")
     _write_ett_like(tmp_path / "tiny.csv")
     monkeypatch.setitem(bench.DATASETS, "tiny", bench.DatasetSpec("long", "tiny.csv", split="ratio", horizons=(8,),
                                                                    context=48))
@@ -61,7 +49,7 @@ def test_long_horizon_harness_tiny_slice(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_electricity_harness_tiny_slice(tmp_path):
-    bench = _load_harness()
+    bench = load_benchmark("forecasting")
     # 40 days from 2014-08-01: a week of validation and a week of tests from 2014-09-01.
     make_long_csv(tmp_path / "elec.csv", n_series=2, days=40, start="2014-08-01")
     spec = bench.DatasetSpec("electricity", "elec.csv", horizons=(24,), context=48)
@@ -77,7 +65,7 @@ def test_electricity_harness_tiny_slice(tmp_path):
 
 
 def test_unknown_dataset_and_missing_file_are_clear(tmp_path):
-    bench = _load_harness()
+    bench = load_benchmark("forecasting")
     with pytest.raises(ValueError, match="unknown dataset"):
         bench.run_benchmark("nope")
     with pytest.raises(FileNotFoundError, match="ETTh1.csv"):

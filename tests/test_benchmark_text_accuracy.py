@@ -3,21 +3,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("bench_text_accuracy", REPO / "benchmarks" / "text_accuracy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _fake_result(acc: float) -> dict:
@@ -26,7 +20,7 @@ def _fake_result(acc: float) -> dict:
 
 
 def test_finished_runs_survive_a_crash_and_folds_are_averaged(tmp_path, monkeypatch):
-    bench = _load_harness()
+    bench = load_benchmark("text_accuracy")
     calls = []
 
     def fake(task, model, overrides):
@@ -69,7 +63,7 @@ def test_finished_runs_survive_a_crash_and_folds_are_averaged(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_split_suite_on_the_shipped_sample(tmp_path, monkeypatch):
-    bench = _load_harness()
+    bench = load_benchmark("text_accuracy")
     out = tmp_path / "acc.json"
     monkeypatch.setattr(sys, "argv", [
         "text_accuracy.py", "--suite", "hyperpartisan_split", "--models", "transformer_truncated",
