@@ -68,6 +68,48 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
+def init_weights_from(net: Any, path: str | Path) -> list[str]:
+    """Start ``net`` from the weights of a checkpoint's network (e.g. ``task=mlm`` pretraining).
+
+    Tensors are matched by name (the LightningModule's ``net.`` prefix dropped); those the
+    checkpoint lacks (a classifier head) keep their initialisation. A learned position table
+    of another length is copied over the rows both have.
+
+    Args:
+        net: the run's network (``nn.Module``).
+        path: a checkpoint written by :func:`train`.
+    Returns:
+        The names of the tensors copied.
+    Raises:
+        ValueError: a tensor of another shape (a different model size), or nothing matched.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k[len("net."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
+    loaded = []
+    with torch.no_grad():
+        for name, own in net.state_dict().items():  # views of the parameters: copy_ writes through
+            src = state.get(name)
+            if src is None:
+                continue
+            if src.shape != own.shape:
+                if not (name.endswith("pos.weight") and src.shape[1:] == own.shape[1:]):
+                    raise ValueError(f"{path}: {name} has shape {tuple(src.shape)}, this model's is "
+                                     f"{tuple(own.shape)}; use the pretraining run's model sizes")
+                rows = min(src.shape[0], own.shape[0])
+                own[:rows].copy_(src[:rows])
+            else:
+                own.copy_(src)
+            loaded.append(name)
+    if not loaded:
+        raise ValueError(f"{path}: none of its weights match this model's names")
+    return loaded
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test and evaluate baselines for one configured run.
 
@@ -109,13 +151,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
         datamodule.resume_batches = int(progress["processed"])
 
+    net = instantiate(cfg.model, _convert_="all", **datamodule.model_kwargs())
+    if cfg.get("init_from"):
+        loaded = init_weights_from(net, cfg.init_from)
+        log.info("initialised %d of %d tensors from %s", len(loaded), len(net.state_dict()), cfg.init_from)
+    module = instantiate(cfg.module, _convert_="all", net=net)
+
     rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
     if rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-    net = instantiate(cfg.model, _convert_="all", **datamodule.model_kwargs())
-    module = instantiate(cfg.module, _convert_="all", net=net)
 
     ckpt_dir = run_dir / "checkpoints"
     has_val = bool(datamodule.val_dataloader())

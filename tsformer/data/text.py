@@ -442,6 +442,23 @@ class SentencePieceTokenizer:
     def from_bytes(cls, proto: bytes) -> SentencePieceTokenizer:
         return cls(proto)
 
+    @classmethod
+    def load(cls, path: str | Path) -> SentencePieceTokenizer:
+        """From a checkpoint that carries ``sentencepiece_model`` or a SentencePiece ``.model`` file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer: {path} does not exist (a .ckpt with a SentencePiece model, or a "
+                                    f".model file)")
+        if path.suffix == ".model":
+            return cls(path.read_bytes())
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("sentencepiece_model"), bytes):
+            raise ValueError(f"{path}: no sentencepiece_model in this checkpoint (one written by a text task, "
+                             f"e.g. task=mlm, has it)")
+        return cls(ckpt["sentencepiece_model"])
+
     @property
     def vocab_size(self) -> int:
         return int(self.sp.get_piece_size())
@@ -528,6 +545,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
         max_train_docs: use at most this many (stratified) training documents; None: all.
         max_test_docs: score on at most this many (stratified, seeded) test documents; None: all.
         batch_size, eval_batch_size, num_workers: loader settings.
+        tokenizer: a checkpoint (``.ckpt`` with ``sentencepiece_model``, e.g. from ``task=mlm``)
+            or a SentencePiece ``.model`` file to tokenize with instead of training one
+            (``vocab_size`` is then ignored); None: train on the training split.
+        min_classes: fewest distinct labels the data must have (1 for unlabeled pretraining
+            corpora read through a label column or folder).
     """
 
     # Batches are sharded across ranks here (RankBatches), not by Lightning.
@@ -553,9 +575,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int = 16,
         num_workers: int = 0,
+        tokenizer: str | None = None,
+        min_classes: int = 2,
     ):
         super().__init__()
         self.path, self.format = path, format
+        self.tokenizer_path, self.min_classes = tokenizer, int(min_classes)
         self.text_field, self.label_field, self.split_field = text_field, label_field, split_field
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.folds, self.fold = folds, fold
@@ -572,8 +597,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if self.max_tokens < 2:
             raise ValueError(f"data.max_tokens must be >= 2, got {self.max_tokens}")
         self.classes = sorted(set(table.labels))
-        if len(self.classes) < 2:
-            raise DataError(f"{self.path}: a single label {self.classes}; need at least two classes")
+        if len(self.classes) < self.min_classes:
+            raise DataError(f"{self.path}: a single label {self.classes}; need at least {self.min_classes} classes")
         self.split_idx = assign_splits(table, self.val_fraction, self.test_fraction, self.split_seed,
                                        self.folds, self.fold)
         for split, cap in (("train", self.max_train_docs), ("test", self.max_test_docs)):
@@ -587,7 +612,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 raise DataError(f"{self.path}: the {s} split is empty")
         self.table = table
         self.y = np.array([self.classes.index(lb) for lb in table.labels], dtype=np.int64)
-        self.tokenizer = SentencePieceTokenizer.train(self.split_texts("train"), self.vocab_size, seed=self.split_seed)
+        if self.tokenizer_path is not None:
+            self.tokenizer = SentencePieceTokenizer.load(self.tokenizer_path)
+        else:
+            self.tokenizer = SentencePieceTokenizer.train(self.split_texts("train"), self.vocab_size,
+                                                          seed=self.split_seed)
         self.datasets = {
             s: TokenizedDocs(self.tokenizer.encode(self.split_texts(s)), self.y[idx], self.max_tokens)
             for s, idx in self.split_idx.items()

@@ -290,6 +290,54 @@ class LongformerClassifier(nn.Module):
         return self.head(pooled if self.pooling == "mean" else pooled + h[:, 0])
 
 
+class LongformerMaskedLM(nn.Module):
+    """Masked-language-model pretraining of :class:`LongformerEncoder` on unlabeled documents
+    (Devlin et al. 2019; Longformer's own pretraining objective, Beltagy et al. 2020, Sec. 5).
+
+    A share ``mask_prob`` of the real tokens (``<cls>`` excepted) is replaced by padding's zero
+    embedding, the same "missing word" input that word dropout gives the classifier, and
+    predicted from the encoder output through the tied input embedding. The encoder's weights
+    then start a classifier (``init_from=<checkpoint>``).
+
+    Args:
+        vocab_size: from the data.
+        mask_prob: share of real tokens masked and predicted.
+        num_classes: ignored (the text data module passes it to every text model).
+        **encoder: :class:`LongformerEncoder` arguments.
+    """
+
+    def __init__(self, vocab_size: int, mask_prob: float = 0.15, dropout: float = 0.1, num_classes: int | None = None,
+                 **encoder):
+        super().__init__()
+        if not 0.0 < mask_prob < 1.0:
+            raise ValueError(f"model.mask_prob must be in (0, 1), got {mask_prob}")
+        self.mask_prob = float(mask_prob)
+        self.encoder = LongformerEncoder(vocab_size, dropout=dropout, **encoder)
+
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Args:
+            tokens: ``(B, L)`` ids, ``<cls>`` first, 0 = padding. lengths: ``(B,)`` or None.
+            generator: draws the mask (a seeded one makes evaluation repeatable).
+        Returns:
+            Summed cross-entropy over the masked tokens, how many of them the argmax got
+            right, and how many were masked (scalars).
+        """
+        if self.encoder.truncate is not None:
+            tokens = tokens[:, : self.encoder.truncate]
+        B, L = tokens.shape
+        n = torch.full((B,), L, device=tokens.device) if lengths is None else lengths.clamp(max=L)
+        real = (torch.arange(L, device=tokens.device)[None, :] < n[:, None]) & (tokens != 0)
+        real[:, 0] = False  # <cls> is never a target
+        u = torch.rand(tokens.shape, device=tokens.device, generator=generator)
+        sel = (u < self.mask_prob) & real
+        h = self.encoder(tokens.masked_fill(sel, 0), n, (0,))
+        logits = F.linear(h[sel], self.encoder.embed.weight).float()  # (N, V), tied embedding
+        target = tokens[sel]
+        nll = F.cross_entropy(logits, target, reduction="sum")
+        return nll, (logits.argmax(-1) == target).sum(), sel.sum()
+
+
 class LongformerCharLM(nn.Module):
     """Causal character LM with one-sided sliding-window attention (Beltagy et al. 2020,
     Sec. 4: windows growing with depth, dilation on the upper layers).

@@ -1,4 +1,4 @@
-"""Lightning hooks shared by task modules that score validation and test the same way."""
+"""Lightning hooks shared by the task modules."""
 
 from __future__ import annotations
 
@@ -27,3 +27,14 @@ class StagedEvalHooks:
 
     def on_test_epoch_end(self):
         self._eval_end("test")
+
+
+def store_tokenizer(module, checkpoint: dict, classes: bool = True) -> None:
+    """From ``on_save_checkpoint``: put the run's SentencePiece model (bytes) and, with
+    ``classes``, the class names into the checkpoint, so that it alone can tokenize and
+    label new documents."""
+    dm = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    if dm is not None and getattr(dm, "tokenizer", None) is not None:
+        checkpoint["sentencepiece_model"] = dm.tokenizer.to_bytes()
+        if classes:
+            checkpoint["classes"] = list(dm.classes)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.metrics import accuracy, macro_f1
-from tsformer.tasks.hooks import StagedEvalHooks
+from tsformer.tasks.hooks import StagedEvalHooks, store_tokenizer
 from tsformer.tasks.optim import adamw_warmup_cosine
 
 
@@ -68,10 +68,7 @@ class TextClassificationModule(StagedEvalHooks, pl.LightningModule):
         return adamw_warmup_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and getattr(dm, "tokenizer", None) is not None:
-            checkpoint["sentencepiece_model"] = dm.tokenizer.to_bytes()
-            checkpoint["classes"] = list(dm.classes)
+        store_tokenizer(self, checkpoint)
 
     @staticmethod
     def baselines(datamodule) -> dict[str, float]:
