@@ -114,3 +114,17 @@ def test_pretrain_then_classify_from_the_checkpoint(tmp_path):
     torch.testing.assert_close(out["state_dict"]["net.encoder.embed.weight"], pre_state["net.encoder.embed.weight"])
     torch.testing.assert_close(out["state_dict"]["net.encoder.layers.1.ff.0.weight"],
                                pre_state["net.encoder.layers.1.ff.0.weight"])
+
+
+def test_init_from_a_mismatched_checkpoint_fails_before_writing(tmp_path):
+    docs = tmp_path / "docs.csv"
+    docs.write_text("text,label\n" + "\n".join(f"a {'good' if i % 2 else 'bad'} film {i},{i % 2}"
+                                                for i in range(40)) + "\n")
+    tok = SentencePieceTokenizer.train([f"a good film {i}" for i in range(40)], vocab_size=40)
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"sentencepiece_model": tok.to_bytes(),
+                "state_dict": {"net.encoder.embed.weight": torch.zeros(3, 3)}}, bad)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="encoder.embed.weight has shape"):
+        train(compose_config(["task=textcls", f"data.path={docs}", f"init_from={bad}", f"run_dir={run}", *QUIET]))
+    assert not run.exists()
