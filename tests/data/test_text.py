@@ -244,6 +244,10 @@ def test_datamodule_rejects_single_class(tmp_path):
     p.write_text("text,label\n" + "\n".join(f"t{i},x" for i in range(10)) + "\n")
     with pytest.raises(DataError, match="single label"):
         TextClassificationDataModule(str(p)).setup("fit")
+    two = tmp_path / "two.csv"
+    two.write_text("text,label\n" + "\n".join(f"t{i},{i % 2}" for i in range(10)) + "\n")
+    with pytest.raises(DataError, match=r"2 labels \['0', '1'\]; need at least 3"):
+        TextClassificationDataModule(str(two), min_classes=3).setup("fit")
 
 
 # -- characters ----------------------------------------------------------------------------------

@@ -598,7 +598,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"data.max_tokens must be >= 2, got {self.max_tokens}")
         self.classes = sorted(set(table.labels))
         if len(self.classes) < self.min_classes:
-            raise DataError(f"{self.path}: a single label {self.classes}; need at least {self.min_classes} classes")
+            what = "a single label" if len(self.classes) == 1 else f"{len(self.classes)} labels"
+            raise DataError(f"{self.path}: {what} {self.classes}; need at least {self.min_classes} classes")
         self.split_idx = assign_splits(table, self.val_fraction, self.test_fraction, self.split_seed,
                                        self.folds, self.fold)
         for split, cap in (("train", self.max_train_docs), ("test", self.max_test_docs)):

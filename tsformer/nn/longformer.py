@@ -32,6 +32,15 @@ def _per_layer(value: int | Sequence[int], n_layers: int, name: str) -> list[int
     return out
 
 
+def draw_token_mask(tokens: Tensor, prob: float, keep: Sequence[int] = (),
+                    generator: torch.Generator | None = None) -> Tensor:
+    """``(B, L)`` bool: each position drawn with probability ``prob``, never those in ``keep``
+    (global tokens). Shared by word dropout and masked-LM pretraining."""
+    drop = torch.rand(tokens.shape, device=tokens.device, generator=generator) < prob
+    drop[:, [i for i in keep if i < tokens.shape[1]]] = False
+    return drop
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021, RoFormer) on ``(B, H, L, D)`` queries/keys."""
 
@@ -277,9 +286,7 @@ class LongformerClassifier(nn.Module):
         """
         g = tuple(sorted(set(self.global_tokens) | set(global_idx or ())))
         if self.training and self.token_dropout > 0:
-            drop = torch.rand(tokens.shape, device=tokens.device) < self.token_dropout
-            drop[:, [i for i in g if i < tokens.shape[1]]] = False
-            tokens = tokens.masked_fill(drop, 0)  # id 0: padding_idx, a zero embedding
+            tokens = tokens.masked_fill(draw_token_mask(tokens, self.token_dropout, g), 0)  # id 0: padding_idx, a zero embedding
         h = self.encoder(tokens, lengths, g)  # (B, L', E), L' <= L when truncated
         if self.pooling == "cls":
             return self.head(h[:, 0])
@@ -328,9 +335,7 @@ class LongformerMaskedLM(nn.Module):
         B, L = tokens.shape
         n = torch.full((B,), L, device=tokens.device) if lengths is None else lengths.clamp(max=L)
         real = (torch.arange(L, device=tokens.device)[None, :] < n[:, None]) & (tokens != 0)
-        real[:, 0] = False  # <cls> is never a target
-        u = torch.rand(tokens.shape, device=tokens.device, generator=generator)
-        sel = (u < self.mask_prob) & real
+        sel = draw_token_mask(tokens, self.mask_prob, (0,), generator) & real  # <cls> is never a target
         h = self.encoder(tokens.masked_fill(sel, 0), n, (0,))
         logits = F.linear(h[sel], self.encoder.embed.weight).float()  # (N, V), tied embedding
         target = tokens[sel]
