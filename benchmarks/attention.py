@@ -138,7 +138,7 @@ def resolved(kernel: str, pattern: Pattern, L: int, device: str, grad: bool) -> 
         return kernel
     q = torch.empty(B, H, L, D, device=device, requires_grad=grad)
     with torch.set_grad_enabled(grad):
-        return choose_kernel(q, pattern, 0.0)
+        return choose_kernel(q, q, q, pattern)
 
 
 def unsupported(kernel: str, pattern: Pattern, L: int, device: str, grad: bool) -> str | None:
@@ -146,7 +146,7 @@ def unsupported(kernel: str, pattern: Pattern, L: int, device: str, grad: bool) 
         return None
     q = torch.empty(B, H, L, D, device=device, requires_grad=grad)
     with torch.set_grad_enabled(grad):
-        return get_kernel(kernel).supports(q, pattern, 0.0)
+        return get_kernel(kernel).supports(q, q, q, pattern)
 
 
 def estimate_bytes(kernel: str, pattern: Pattern, L: int, grad: bool) -> int:

@@ -14,6 +14,8 @@ from tsformer.attention import (
     attention,
     choose_kernel,
     get_kernel,
+    global_rows,
+    unwrap,
 )
 
 CUDA = torch.cuda.is_available()
@@ -68,23 +70,28 @@ def _grad_outputs(out: torch.Tensor) -> torch.Tensor:
     return torch.randn(out.shape, generator=g).to(out.device)
 
 
-def _serves(kernel: str, q, pattern, *more) -> bool:
-    k = get_kernel(kernel)
-    if kernel == "flex":
-        return k.supports(q, pattern, 0.0, *more) is None
-    return k.supports(q, pattern) is None
+def _serves(kernel: str, q, k, v, pattern) -> bool:
+    return get_kernel(kernel).supports(q, k, v, pattern) is None
+
+
+def _with_global_rows(out, pattern, gqkv):
+    """Longformer's global projections: rows of global tokens recomputed from ``gqkv``
+    (the layer's business, after any kernel)."""
+    _, lengths, globals_ = unwrap(pattern)
+    return global_rows(out, *gqkv, globals_, lengths)
 
 
 def _check(kernel, pattern, L, device="cpu", global_qkv=False, grad=True):
     q, k, v = _inputs(L, device=device, grad=grad)
     gqkv = _inputs(L, device=device, grad=grad, seed=7) if global_qkv else None
-    kw = {"global_qkv": gqkv} if gqkv else {}
-    if not _serves(kernel, q, pattern, k, v, *(gqkv or ())):
+    if not _serves(kernel, q, k, v, pattern):
         with pytest.raises(ValueError):
-            attention(q, k, v, pattern, kernel=kernel, **kw)
+            attention(q, k, v, pattern, kernel=kernel)
         return
-    out = attention(q, k, v, pattern, kernel=kernel, **kw)
-    ref = attention(q, k, v, pattern, kernel="reference", **kw)
+    out = attention(q, k, v, pattern, kernel=kernel)
+    ref = attention(q, k, v, pattern, kernel="reference")
+    if gqkv:
+        out, ref = _with_global_rows(out, pattern, gqkv), _with_global_rows(ref, pattern, gqkv)
     assert out.shape == ref.shape
     assert_close(out, ref, **TOL)
     if not grad:
@@ -187,19 +194,19 @@ def test_registry_names():
 
 def test_auto_choice_on_cpu():
     q, k, v = _inputs(64)
-    assert choose_kernel(q, LogSparse(), 0.0, k, v) == "sparse"
-    assert choose_kernel(q, SlidingWindow(8).with_globals([0]), 0.0, k, v) == "sparse"
-    assert choose_kernel(q, Causal(), 0.0, k, v) == "sdpa"
-    assert choose_kernel(q, SlidingWindow(8), 0.1, k, v) == "reference"
+    assert choose_kernel(q, k, v, LogSparse()) == "sparse"
+    assert choose_kernel(q, k, v, SlidingWindow(8).with_globals([0])) == "sparse"
+    assert choose_kernel(q, k, v, Causal()) == "sdpa"
+    assert choose_kernel(q, k, v, SlidingWindow(8), dropout_p=0.1) == "reference"
     with torch.no_grad():
         long_q = torch.zeros(1, 1, 4096, 8)
-        assert choose_kernel(long_q, SlidingWindow(512)) == "sparse"
-        assert choose_kernel(long_q, LogSparse()) == "sparse"
-        assert choose_kernel(long_q, Full()) == "flex"
+        assert choose_kernel(long_q, long_q, long_q, SlidingWindow(512)) == "sparse"
+        assert choose_kernel(long_q, long_q, long_q, LogSparse()) == "sparse"
+        assert choose_kernel(long_q, long_q, long_q, Full()) == "flex"
     # Training at length: flex has no CPU backward, so auto must not pick it.
     long_q.requires_grad_(True)
-    assert choose_kernel(long_q, SlidingWindow(512), 0.0) == "sparse"
-    assert choose_kernel(long_q, Full(), 0.0) == "sdpa"
+    assert choose_kernel(long_q, long_q, long_q, SlidingWindow(512)) == "sparse"
+    assert choose_kernel(long_q, long_q, long_q, Full()) == "sdpa"
 
 
 def test_auto_with_dropout_runs():

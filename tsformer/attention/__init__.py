@@ -1,12 +1,15 @@
 """Efficient attention: typed patterns and kernels behind one interface.
 
-Every kernel is an ``nn.Module`` with ``forward(q, k, v, pattern, *, scale, dropout_p,
-global_qkv)`` on ``(B, H, L, D)`` tensors and a ``supports(q, pattern, dropout_p)`` method
-returning None or the reason it cannot serve a request (``forward`` then raises
-``ValueError`` with that reason). :func:`attention` dispatches by name through
-:data:`KERNELS`, the names ``model.attention.kernel`` takes:
+Every kernel is a stateless :class:`Kernel` with one signature, ``forward(q, k, v,
+pattern, *, scale, dropout_p, bias, q_offset)`` on ``(B, H, L, D)`` tensors: a pattern
+(:mod:`~tsformer.attention.patterns`), an optional typed score bias
+(:mod:`~tsformer.attention.bias`) and a query offset (queries aligned bottom-right against
+longer keys by default). ``supports(q, k, v, pattern, ...)`` returns None or the reason a
+kernel cannot serve a call (``forward`` then raises ``ValueError`` with that reason).
+:func:`attention` dispatches by name through :data:`KERNELS`, the names
+``model.attention.kernel`` takes:
 
-- ``reference``: dense masked ``softmax(QK^T)V``, the ground truth (any pattern, dropout).
+- ``reference``: dense masked ``softmax(QK^T + bias)V``, the ground truth (anything, dropout).
 - ``sdpa``: the same through PyTorch's fused ``scaled_dot_product_attention`` (flash /
   memory-efficient kernels for full and causal; a dense boolean mask otherwise).
 - ``flex``: PyTorch FlexAttention with a block mask from the pattern; compiled; inference
@@ -19,8 +22,11 @@ returning None or the reason it cannot serve a request (``forward`` then raises
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from tsformer.attention._common import global_rows
+from tsformer.attention.base import Kernel
+from tsformer.attention.bias import DenseBias, OffsetTableBias, ScoreBias, SlopeBias
 from tsformer.attention.flex import FlexAttention
 from tsformer.attention.logsparse import LogSparseAttention
 from tsformer.attention.patterns import (
@@ -41,22 +47,17 @@ from tsformer.attention.sparse import SparseAttention
 from tsformer.attention.window import WindowAttention
 
 
-class AutoAttention(nn.Module):
-    """Picks the fastest kernel that can serve the request (see :func:`choose_kernel`)."""
+class AutoAttention(Kernel):
+    """Picks, once per call, the fastest kernel that serves it (see :func:`choose_kernel`)."""
 
     name = "auto"
 
-    def supports(self, q: Tensor, pattern: Pattern, dropout_p: float = 0.0) -> str | None:
-        """Always None: ``reference`` serves everything."""
-        return None
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, **kwargs) -> Tensor:
-        """Attention with the kernel :func:`choose_kernel` picks; same arguments as the others."""
-        kernel = choose_kernel(q, pattern, kwargs.get("dropout_p", 0.0), k, v, *(kwargs.get("global_qkv") or ()))
-        return _INSTANCES[kernel](q, k, v, pattern, **kwargs)
+    def _attend(self, q, k, v, pattern, scale, dropout_p, bias, q_offset) -> Tensor:
+        kernel = choose_kernel(q, k, v, pattern, dropout_p=dropout_p, bias=bias, q_offset=q_offset)
+        return _INSTANCES[kernel]._attend(q, k, v, pattern, scale, dropout_p, bias, q_offset)
 
 
-KERNELS: dict[str, type[nn.Module]] = {
+KERNELS: dict[str, type[Kernel]] = {
     "reference": ReferenceAttention,
     "sdpa": SDPAAttention,
     "flex": FlexAttention,
@@ -70,7 +71,7 @@ KERNELS: dict[str, type[nn.Module]] = {
 ``logsparse`` and ``window`` are the two halves of ``sparse``, addressable on their own.
 """
 
-_INSTANCES: dict[str, nn.Module] = {name: cls() for name, cls in KERNELS.items()}
+_INSTANCES: dict[str, Kernel] = {name: cls() for name, cls in KERNELS.items()}
 
 # On CPU, compiled flex beats fused dense SDPA on full/causal inference from this length up.
 _FLEX_MIN_LEN_CPU = 2048
@@ -79,8 +80,18 @@ _FLEX_MIN_LEN_CPU = 2048
 _SPARSE_MIN_LEN_CUDA = 8192
 
 
-def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Tensor) -> str:
-    """Name of the kernel ``auto`` uses for this request.
+def choose_kernel(
+    q: Tensor,
+    k: Tensor | None = None,
+    v: Tensor | None = None,
+    pattern: Pattern | None = None,
+    *,
+    dropout_p: float = 0.0,
+    bias: ScoreBias | None = None,
+    q_offset: int | None = None,
+) -> str:
+    """Name of the kernel ``auto`` uses for this call: the first that serves it in the
+    order below.
 
     Rule (from ``benchmarks/attention.py``, B=1, H=8, D=64, fp32; see RESULTS.md):
 
@@ -94,13 +105,18 @@ def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Te
     - CPU, full/causal: ``flex`` for inference from ``_FLEX_MIN_LEN_CPU`` up, else
       ``sdpa``.
 
-    ``more`` are the other tensors of the call (k, v, global q/k/v) whose ``requires_grad``
-    decides between inference and training.
+    A kernel that refuses the call (a bias or query offset it does not take, gradients
+    flex cannot give on CPU) is skipped; ``sdpa`` and ``reference`` serve everything.
     """
+    k = q if k is None else k
+    v = k if v is None else v
+    if pattern is None:
+        raise ValueError("choose_kernel needs the call's pattern")
     if dropout_p > 0:
         return "reference"
-    flex_ok = _INSTANCES["flex"].supports(q, pattern, dropout_p, *more) is None
-    sparse_ok = _INSTANCES["sparse"].supports(q, pattern, dropout_p) is None
+    call = dict(dropout_p=dropout_p, bias=bias, q_offset=q_offset)
+    flex_ok = _INSTANCES["flex"].supports(q, k, v, pattern, **call) is None
+    sparse_ok = _INSTANCES["sparse"].supports(q, k, v, pattern, **call) is None
     if q.device.type == "cuda":
         return "sparse" if sparse_ok and q.shape[-2] >= _SPARSE_MIN_LEN_CUDA else "sdpa"
     if sparse_ok:
@@ -108,7 +124,7 @@ def choose_kernel(q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Te
     return "flex" if flex_ok and q.shape[-2] >= _FLEX_MIN_LEN_CPU else "sdpa"
 
 
-def get_kernel(name: str) -> nn.Module:
+def get_kernel(name: str) -> Kernel:
     """The kernel registered under ``name``; ValueError listing the choices otherwise."""
     try:
         return _INSTANCES[name]
@@ -123,6 +139,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, kernel: str = "
         q: ``(B, H, Lq, D)``. k, v: ``(B, H, Lk, D)``.
         pattern: a :class:`Pattern`.
         kernel: a name in :data:`KERNELS`.
+        **kwargs: ``scale``, ``dropout_p``, ``bias`` (a :class:`ScoreBias`), ``q_offset``.
     Returns:
         ``(B, H, Lq, D)``.
     """
@@ -133,6 +150,12 @@ __all__ = [
     "KERNELS",
     "AutoAttention",
     "Causal",
+    "DenseBias",
+    "Kernel",
+    "OffsetTableBias",
+    "ScoreBias",
+    "SlopeBias",
+    "global_rows",
     "FlexAttention",
     "Full",
     "GlobalTokens",

@@ -53,21 +53,20 @@ def attend(
     lengths: Tensor | None,
     globals_: tuple[int, ...],
     scale: float,
-    global_qkv: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Sparse core pattern plus key padding plus global tokens (Longformer).
 
     The core sees every non-global key inside the length. Global key columns, which every
     query sees, are scored densely (``L x G``) and merged with the core through its
     log-sum-exp, a joint softmax. Rows at global positions are then replaced by full
-    attention over all valid keys, with the global projections ``global_qkv`` if given.
+    attention over all valid keys. (Longformer's separate global projections are the
+    layer's business: :func:`global_rows`.)
 
     Args:
         core: sparse kernel returning ``(out, lse)``, ``(B, H, L, D)`` and ``(B, H, L)``.
         q, k, v: ``(B, H, L, D)``.
         lengths: ``(B,)`` valid keys per batch element, or None.
         globals_: global positions.
-        global_qkv: optional ``(qg, kg, vg)``, each ``(B, H, L, D)``.
     Returns:
         ``(B, H, L, D)``.
     """
@@ -95,22 +94,32 @@ def attend(
     out = num / den[..., None]
 
     # Global rows: full attention over all valid keys.
-    qg, kg, vg = global_qkv if global_qkv is not None else (q, k, v)
-    row_mask = torch.ones(1, 1, 1, L, dtype=torch.bool, device=q.device)
-    if pad_ok is not None:
-        row_mask = pad_ok[:, None, None, :]
-    rows = dense_attention(qg.index_select(2, sel), kg, vg, row_mask, scale)
-    return out.index_copy(2, sel, rows)
+    return global_rows(out, q, k, v, gidx, lengths, scale)
 
 
-def check_qkv(name: str, q: Tensor, k: Tensor, v: Tensor, global_qkv) -> None:
-    """ValueError unless ``q, k, v`` (and global ones) are square ``(B, H, L, D)``."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
-        raise ValueError(
-            f"the {name} kernel needs q, k, v of one shape (B, H, L, D) with as many queries as keys; "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if v.shape[-1] != q.shape[-1]:
-        raise ValueError(f"the {name} kernel needs value and query head dims to match")
-    if global_qkv is not None and any(t.shape != q.shape for t in global_qkv):
-        raise ValueError(f"the {name} kernel needs global q, k, v of shape {tuple(q.shape)}")
+def global_rows(
+    out: Tensor, q: Tensor, k: Tensor, v: Tensor, indices, lengths: Tensor | None, scale: float | None = None
+) -> Tensor:
+    """``out`` with its rows at global positions replaced by full attention over all valid keys.
+
+    Longformer (Beltagy et al. 2020, Sec. 3.1) computes those rows with separate global
+    projections: pass them as ``q, k, v``.
+
+    Args:
+        out: ``(B, H, L, Dv)`` attention output.
+        q: ``(B, H, L, D)`` (only the global rows are read). k, v: ``(B, H, L, D|Dv)``.
+        indices: global positions (those outside ``[0, L)`` are ignored).
+        lengths: ``(B,)`` valid keys per batch element, or None.
+    Returns:
+        ``(B, H, L, Dv)``.
+    """
+    L = out.shape[-2]
+    idx = global_indices(tuple(indices), L)
+    if not idx:
+        return out
+    sel = torch.tensor(idx, device=out.device)
+    mask = torch.ones(1, 1, 1, k.shape[-2], dtype=torch.bool, device=out.device)
+    if lengths is not None:
+        mask = (torch.arange(k.shape[-2], device=out.device)[None, :] < lengths.to(out.device)[:, None])[:, None, None]
+    rows = dense_attention(q.index_select(-2, sel), k, v, mask, scale)
+    return out.index_copy(-2, sel, rows)

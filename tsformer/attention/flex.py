@@ -17,10 +17,10 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from tsformer.attention.base import Kernel
 from tsformer.attention.patterns import KeyPadding, Pattern, unwrap
-from tsformer.attention.reference import _global_rows
 
 try:  # FlexAttention appeared in PyTorch 2.5
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -41,15 +41,16 @@ def _pattern_key(pattern: Pattern) -> tuple:
     return ("pat", pattern)
 
 
-def block_mask_for(pattern: Pattern, batch: int, q_len: int, k_len: int, device: torch.device):
+def block_mask_for(pattern: Pattern, batch: int, q_len: int, k_len: int, device: torch.device, q_offset: int = 0):
     """Cached FlexAttention ``BlockMask`` of ``pattern`` (batch-dependent only with key padding)."""
     _, lengths, _ = unwrap(pattern)
     B = batch if lengths is not None else None
-    key = (_pattern_key(pattern), B, q_len, k_len, str(device))
+    key = (_pattern_key(pattern), B, q_len, k_len, q_offset, str(device))
     bm = _BLOCK_MASKS.get(key)
     if bm is None:
-        fn = pattern.mask_fn(q_len, k_len, device)
-        bm = create_block_mask(fn, B, None, q_len, k_len, device=str(device))
+        fn = pattern.mask_fn(q_len, k_len, device, q_offset)
+        mask_mod = fn if q_offset == 0 else (lambda b, h, q, k: fn(b, h, q + q_offset, k))
+        bm = create_block_mask(mask_mod, B, None, q_len, k_len, device=str(device))
         _BLOCK_MASKS[key] = bm
         if len(_BLOCK_MASKS) > _MAX_CACHED_MASKS:
             _BLOCK_MASKS.popitem(last=False)
@@ -71,8 +72,9 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-class FlexAttention(nn.Module):
-    """FlexAttention (``torch.nn.attention.flex_attention``) for every pattern.
+class FlexAttention(Kernel):
+    """FlexAttention (``torch.nn.attention.flex_attention``) for every pattern, bias (as a
+    ``score_mod``) and query offset.
 
     Args:
         compile: run the ``torch.compile``-d kernel. None (default): compile on CUDA and on
@@ -88,44 +90,21 @@ class FlexAttention(nn.Module):
         super().__init__()
         self.compile = compile
 
-    def supports(self, q: Tensor, pattern: Pattern, dropout_p: float = 0.0, *more: Tensor) -> str | None:
-        """None if this kernel can serve the request, else the reason it cannot."""
+    def _supports(self, q, k, v, pattern, dropout_p, bias, q_offset) -> str | None:
         if flex_attention is None:
             return "the flex kernel needs torch.nn.attention.flex_attention (PyTorch >= 2.5)"
         if dropout_p > 0:
             return "the flex kernel does not support attention dropout"
-        if q.device.type == "cpu" and _needs_grad(q, *more):
+        more = bias.tensors() if bias is not None else ()
+        if q.device.type == "cpu" and _needs_grad(q, k, v, *more):
             return "the flex kernel has no backward on CPU in this PyTorch (use the sparse or reference kernel)"
         return None
 
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        pattern: Pattern,
-        *,
-        scale: float | None = None,
-        dropout_p: float = 0.0,
-        global_qkv: tuple[Tensor, Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """Attention under ``pattern`` through FlexAttention.
-
-        Args:
-            q: ``(B, H, Lq, D)``. k, v: ``(B, H, Lk, D)``.
-            pattern: any pattern; rows with no allowed key give zeros.
-            scale: score scale, default ``D ** -0.5``.
-            global_qkv: optional ``(qg, kg, vg)``, each ``(B, H, L, D)``: rows of global
-                tokens are recomputed densely from them (``G x L`` work).
-        Returns:
-            ``(B, H, Lq, D)``.
-        """
-        reason = self.supports(q, pattern, dropout_p, k, v, *(global_qkv or ()))
-        if reason is not None:
-            raise ValueError(reason)
+    def _attend(self, q, k, v, pattern, scale, dropout_p, bias, q_offset) -> Tensor:
         B, H, Lq, _ = q.shape
         Lk = k.shape[-2]
-        bm = block_mask_for(pattern, B, Lq, Lk, q.device)
+        bm = block_mask_for(pattern, B, Lq, Lk, q.device, q_offset)
+        score_mod = None if bias is None else bias.score_mod(q_offset)
         compile = self.compile
         if compile is None:
             compile = q.device.type == "cuda" or Lq >= _COMPILE_MIN_LEN
@@ -133,11 +112,7 @@ class FlexAttention(nn.Module):
             # One compiled graph per (pattern, shape): dynamo's default of 8 recompiles would
             # silently drop to the O(L^2) eager path in a process that sees more.
             with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                out = _compiled_flex()(q, k, v, block_mask=bm, scale=scale)
-        else:
-            with warnings.catch_warnings():  # the eager path is deliberate for small inputs
-                warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-                out = flex_attention(q, k, v, block_mask=bm, scale=scale)
-        if global_qkv is not None:
-            out = _global_rows(out, pattern, global_qkv, scale, 0.0)
-        return out
+                return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=bm, scale=scale)
+        with warnings.catch_warnings():  # the eager path is deliberate for small inputs
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+            return flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, scale=scale)

@@ -17,10 +17,11 @@ recomputes the ``(L, n)`` scores chunk by chunk and gets ``rowsum(dO * O)`` as
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from tsformer.attention._common import attend, check_qkv
-from tsformer.attention.patterns import LogSparse, Pattern, unwrap
+from tsformer.attention._common import attend
+from tsformer.attention.base import Kernel
+from tsformer.attention.patterns import LogSparse, unwrap
 
 # Elements of one (B, H, rows, D) chunk temporary (4 MiB fp32): measured fastest on CPU.
 _ROW_CHUNK_ELEMS = 1 << 20
@@ -154,7 +155,7 @@ def logsparse_core(
     return _LogSparseFn.apply(q, k, v, bias, offsets, scale)
 
 
-class LogSparseAttention(nn.Module):
+class LogSparseAttention(Kernel):
     """Attention for :class:`LogSparse` patterns (Li et al. 2019), with its local and
     restart variants, key padding and global tokens (optionally with global projections).
 
@@ -164,44 +165,28 @@ class LogSparseAttention(nn.Module):
 
     name = "logsparse"
 
-    def supports(self, q: Tensor, pattern: Pattern, dropout_p: float = 0.0) -> str | None:
-        """None if this kernel can serve the request, else the reason it cannot."""
+    def _supports(self, q, k, v, pattern, dropout_p, bias, q_offset) -> str | None:
         core, _, _ = unwrap(pattern)
         if not isinstance(core, LogSparse):
             return f"the logsparse kernel only serves LogSparse patterns, not {type(core).__name__}"
         if dropout_p > 0:
             return "the logsparse kernel does not support attention dropout"
+        if bias is not None:
+            return f"the logsparse kernel does not take a {type(bias).__name__} score bias"
+        if q.shape[-2] != k.shape[-2] or q_offset != 0:
+            return (
+                f"the logsparse kernel needs as many queries as keys and q_offset 0; got {q.shape[-2]} queries, "
+                f"{k.shape[-2]} keys, q_offset {q_offset}"
+            )
+        if v.shape[-1] != q.shape[-1]:
+            return "the logsparse kernel needs value and query head dims to match"
         return None
 
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        pattern: Pattern,
-        *,
-        scale: float | None = None,
-        dropout_p: float = 0.0,
-        global_qkv: tuple[Tensor, Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """LogSparse attention.
-
-        Args:
-            q, k, v: ``(B, H, L, D)``.
-            pattern: a :class:`LogSparse`, possibly with key padding and global tokens.
-            scale: score scale, default ``D ** -0.5``.
-            global_qkv: optional ``(qg, kg, vg)`` for the rows of global tokens.
-        Returns:
-            ``(B, H, L, D)``.
-        """
-        reason = self.supports(q, pattern, dropout_p)
-        if reason is not None:
-            raise ValueError(reason)
-        check_qkv(self.name, q, k, v, global_qkv)
+    def _attend(self, q, k, v, pattern, scale, dropout_p, bias, q_offset) -> Tensor:
+        """q, k, v ``(B, H, L, D)`` under a LogSparse pattern (with padding and global tokens)."""
         core, lengths, globals_ = unwrap(pattern)
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
         fn = lambda q_, k_, v_, bias: logsparse_core(q_, k_, v_, bias, core, scale)
-        return attend(fn, q, k, v, lengths, globals_, scale, global_qkv)
+        return attend(fn, q, k, v, lengths, globals_, scale)
 
 
 def logsparse_attention(

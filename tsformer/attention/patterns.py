@@ -1,10 +1,15 @@
 """Attention patterns: small typed descriptions of which keys each query may see.
 
 A pattern knows nothing about tensors of activations. It answers one question, "may
-query ``i`` attend to key ``j``?", through :meth:`Pattern.mask_fn`, an element-wise
-predicate in the shape FlexAttention's ``mask_mod`` expects. :meth:`Pattern.to_dense`
-turns it into the boolean mask used by the reference kernel; fast kernels read the
-pattern's fields directly.
+the query at position ``i`` attend to the key at position ``j``?", through
+:meth:`Pattern.mask_fn`, an element-wise predicate in the shape FlexAttention's ``mask_mod``
+expects. :meth:`Pattern.to_dense` turns it into the boolean mask used by the reference
+kernel; fast kernels read the pattern's fields directly.
+
+Positions are absolute. With fewer queries than keys (a decoding step over a cache, a
+segment over memory) query row ``r`` sits at position ``r + q_offset``; the default
+offset ``Lk - Lq`` aligns the queries with the last keys (bottom-right, as xformers'
+``attn_bias`` does), and is 0 for square calls.
 
 Patterns compose: ``with_padding`` adds key padding to any pattern and
 ``with_globals`` adds global tokens (Longformer) to any pattern.
@@ -31,22 +36,30 @@ class Pattern:
         """Whether no query ever sees a key to its right."""
         return False
 
-    def mask_fn(self, q_len: int, k_len: int, device: torch.device | str | None = None) -> MaskFn:
-        """Element-wise predicate ``fn(b, h, q_idx, k_idx)``; True where attention is allowed."""
+    def mask_fn(self, q_len: int, k_len: int, device: torch.device | str | None = None, q_offset: int = 0) -> MaskFn:
+        """Element-wise predicate ``fn(b, h, q_pos, k_pos)`` on absolute positions; True where
+        attention is allowed. ``q_len`` and ``q_offset`` bound the query positions."""
         raise NotImplementedError
 
     def to_dense(
-        self, q_len: int, k_len: int | None = None, device: torch.device | str | None = None
+        self,
+        q_len: int,
+        k_len: int | None = None,
+        device: torch.device | str | None = None,
+        q_offset: int | None = None,
     ) -> Tensor:
         """Dense boolean mask for the reference path.
 
+        Args:
+            q_offset: position of the first query; default ``k_len - q_len`` (bottom-right).
         Returns:
             ``(q_len, k_len)`` bool tensor, or ``(B, 1, q_len, k_len)`` for patterns that
             depend on the batch element (key padding).
         """
         k_len = q_len if k_len is None else k_len
-        fn = self.mask_fn(q_len, k_len, device)
-        q = torch.arange(q_len, device=device)[:, None]
+        q_offset = k_len - q_len if q_offset is None else q_offset
+        fn = self.mask_fn(q_len, k_len, device, q_offset)
+        q = torch.arange(q_len, device=device)[:, None] + q_offset
         k = torch.arange(k_len, device=device)[None, :]
         zero = torch.zeros((), dtype=torch.long, device=device)
         return fn(zero, zero, q, k).expand(q_len, k_len).clone()
@@ -64,7 +77,7 @@ class Pattern:
 class Full(Pattern):
     """Every query sees every key."""
 
-    def mask_fn(self, q_len, k_len, device=None):
+    def mask_fn(self, q_len, k_len, device=None, q_offset=0):
         return lambda b, h, q, k: (q >= 0) & (k >= 0)
 
 
@@ -76,7 +89,7 @@ class Causal(Pattern):
     def causal(self) -> bool:
         return True
 
-    def mask_fn(self, q_len, k_len, device=None):
+    def mask_fn(self, q_len, k_len, device=None, q_offset=0):
         return lambda b, h, q, k: k <= q
 
 
@@ -123,7 +136,7 @@ class LogSparse(Pattern):
             step *= 2
         return out
 
-    def mask_fn(self, q_len, k_len, device=None):
+    def mask_fn(self, q_len, k_len, device=None, q_offset=0):
         local, restart = self.local, self.restart
 
         def fn(b, h, q, k):
@@ -178,7 +191,7 @@ class SlidingWindow(Pattern):
         """Keys seen to the right, in dilated steps."""
         return 0 if self.one_sided else self.window // 2
 
-    def mask_fn(self, q_len, k_len, device=None):
+    def mask_fn(self, q_len, k_len, device=None, q_offset=0):
         before, after, dil = self.before, self.after, self.dilation
 
         def fn(b, h, q, k):
@@ -205,14 +218,14 @@ class KeyPadding(Pattern):
     def causal(self) -> bool:
         return self.base.causal
 
-    def mask_fn(self, q_len, k_len, device=None):
-        base = self.base.mask_fn(q_len, k_len, device)
+    def mask_fn(self, q_len, k_len, device=None, q_offset=0):
+        base = self.base.mask_fn(q_len, k_len, device, q_offset)
         lengths = self.lengths.to(device) if device is not None else self.lengths
         return lambda b, h, q, k: base(b, h, q, k) & (k < lengths[b])
 
-    def to_dense(self, q_len, k_len=None, device=None):
+    def to_dense(self, q_len, k_len=None, device=None, q_offset=None):
         k_len = q_len if k_len is None else k_len
-        dense = self.base.to_dense(q_len, k_len, device)
+        dense = self.base.to_dense(q_len, k_len, device, q_offset)
         lengths = self.lengths.to(dense.device)
         keep = torch.arange(k_len, device=dense.device)[None, :] < lengths[:, None]
         return (dense[None] & keep[:, None, :])[:, None]
@@ -245,10 +258,10 @@ class GlobalTokens(Pattern):
             f[torch.tensor(idx, device=device)] = True
         return f
 
-    def mask_fn(self, q_len, k_len, device=None):
-        base = self.base.mask_fn(q_len, k_len, device)
-        gq, gk = self.flags(q_len, device), self.flags(k_len, device)
-        return lambda b, h, q, k: base(b, h, q, k) | gq[q] | gk[k]
+    def mask_fn(self, q_len, k_len, device=None, q_offset=0):
+        base = self.base.mask_fn(q_len, k_len, device, q_offset)
+        g = self.flags(max(q_len + q_offset, k_len), device)
+        return lambda b, h, q, k: base(b, h, q, k) | g[q] | g[k]
 
     def with_padding(self, lengths: Tensor) -> KeyPadding:
         return KeyPadding(self, lengths)

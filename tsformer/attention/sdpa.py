@@ -2,54 +2,46 @@
 
 Same result as :class:`~tsformer.attention.reference.ReferenceAttention`, but through
 PyTorch's fused kernels (flash / memory-efficient on CUDA for full and causal attention;
-no L x L score matrix held on CPU). Other patterns pass a dense boolean mask (L^2 bytes).
+no L x L score matrix held on CPU). Other patterns, and any score bias, pass a dense
+float mask (``Lq x Lk``), through which gradients reach the bias.
 Vaswani et al. 2017, "Attention Is All You Need".
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from tsformer.attention.base import Kernel
+from tsformer.attention.bias import ScoreBias
 from tsformer.attention.patterns import Causal, Full, Pattern, unwrap
-from tsformer.attention.reference import _global_rows
 
 
-class SDPAAttention(nn.Module):
-    """Fused dense attention for any pattern (the fastest choice for full and causal)."""
+class SDPAAttention(Kernel):
+    """Fused dense attention for any pattern, bias and offset (fastest for full and causal)."""
 
     name = "sdpa"
 
-    def supports(self, q: Tensor, pattern: Pattern, dropout_p: float = 0.0) -> str | None:
-        return None
-
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        pattern: Pattern,
-        *,
-        scale: float | None = None,
-        dropout_p: float = 0.0,
-        global_qkv: tuple[Tensor, Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """``q``: ``(B, H, Lq, D)``, ``k, v``: ``(B, H, Lk, D)`` -> ``(B, H, Lq, D)``."""
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, scale, dropout_p, bias: ScoreBias | None,
+                q_offset) -> Tensor:
         core, lengths, globals_ = unwrap(pattern)
-        drop = dropout_p if self.training or dropout_p else 0.0
-        if lengths is None and not globals_ and isinstance(core, Full):
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=scale)
-        elif lengths is None and not globals_ and isinstance(core, Causal) and q.shape[-2] == k.shape[-2]:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True, scale=scale)
-        else:
-            mask = pattern.to_dense(q.shape[-2], k.shape[-2], device=q.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=scale)
-            # A query with no allowed key gives NaN in SDPA; the reference gives zeros.
-            empty = ~mask.any(-1, keepdim=True)
-            if bool(empty.any()):
-                out = out.masked_fill(empty, 0.0)
-        if global_qkv is not None:
-            out = _global_rows(out, pattern, global_qkv, scale, dropout_p)
+        Lq, Lk = q.shape[-2], k.shape[-2]
+        plain = bias is None and lengths is None and not globals_
+        if plain and isinstance(core, Full):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+        if plain and isinstance(core, Causal) and Lq == Lk and q_offset == 0:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
+        mask = pattern.to_dense(Lq, Lk, device=q.device, q_offset=q_offset)
+        attn_mask: Tensor = mask
+        if bias is not None:
+            dense = bias.to_dense(Lq, Lk, q_offset, q.device, q.dtype)
+            attn_mask = dense.masked_fill(~mask, float("-inf"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+        # A query with no allowed key gives NaN in SDPA; the reference gives zeros.
+        empty = ~mask.any(-1, keepdim=True)
+        if bool(empty.any()):
+            out = torch.where(empty, torch.zeros((), dtype=out.dtype, device=out.device), out)
         return out
 
 

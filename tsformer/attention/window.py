@@ -31,10 +31,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from tsformer.attention._common import CHUNK_ELEMS, attend, check_qkv
-from tsformer.attention.patterns import Pattern, SlidingWindow, unwrap
+from tsformer.attention._common import CHUNK_ELEMS, attend
+from tsformer.attention.base import Kernel
+from tsformer.attention.patterns import SlidingWindow, unwrap
 
 
 def _block_size(reach: int) -> int:
@@ -486,7 +487,7 @@ def window_core(
     return merge(out), merge(lse)
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(Kernel):
     """Blocked sliding-window attention (Beltagy et al. 2020, Longformer) for
     :class:`SlidingWindow` patterns, one-sided or symmetric, any dilation, with key padding
     and global tokens (optionally with separate global projections ``global_qkv``).
@@ -497,42 +498,25 @@ class WindowAttention(nn.Module):
 
     name = "window"
 
-    def supports(self, q: Tensor, pattern: Pattern, dropout_p: float = 0.0) -> str | None:
-        """None if this kernel can serve the request, else the reason it cannot."""
+    def _supports(self, q, k, v, pattern, dropout_p, bias, q_offset) -> str | None:
         core, _, _ = unwrap(pattern)
         if not isinstance(core, SlidingWindow):
             return f"the window kernel only serves SlidingWindow patterns, not {type(core).__name__}"
         if dropout_p > 0:
             return "the window kernel does not support attention dropout"
+        if bias is not None:
+            return f"the window kernel does not take a {type(bias).__name__} score bias"
+        if q.shape[-2] != k.shape[-2] or q_offset != 0:
+            return (
+                f"the window kernel needs as many queries as keys and q_offset 0; got {q.shape[-2]} queries, "
+                f"{k.shape[-2]} keys, q_offset {q_offset}"
+            )
+        if v.shape[-1] != q.shape[-1]:
+            return "the window kernel needs value and query head dims to match"
         return None
 
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        pattern: Pattern,
-        *,
-        scale: float | None = None,
-        dropout_p: float = 0.0,
-        global_qkv: tuple[Tensor, Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """Sliding-window attention.
-
-        Args:
-            q, k, v: ``(B, H, L, D)``.
-            pattern: a :class:`SlidingWindow`, possibly with key padding and global tokens.
-            scale: score scale, default ``D ** -0.5``.
-            global_qkv: optional ``(qg, kg, vg)``, each ``(B, H, L, D)``: projections for
-                the rows of global tokens.
-        Returns:
-            ``(B, H, L, D)``.
-        """
-        reason = self.supports(q, pattern, dropout_p)
-        if reason is not None:
-            raise ValueError(reason)
-        check_qkv(self.name, q, k, v, global_qkv)
+    def _attend(self, q, k, v, pattern, scale, dropout_p, bias, q_offset) -> Tensor:
+        """q, k, v ``(B, H, L, D)`` under a SlidingWindow pattern (with padding and global tokens)."""
         core, lengths, globals_ = unwrap(pattern)
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
         fn = lambda q_, k_, v_, bias: window_core(q_, k_, v_, bias, core, scale)
-        return attend(fn, q, k, v, lengths, globals_, scale, global_qkv)
+        return attend(fn, q, k, v, lengths, globals_, scale)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsformer.attention import Full, Pattern, SlidingWindow, attention
+from tsformer.attention import Full, Pattern, SlidingWindow, attention, global_rows
 
 
 def _per_layer(value: int | Sequence[int], n_layers: int, name: str) -> list[int]:
@@ -153,12 +153,13 @@ class LongformerSelfAttention(nn.Module):
             if lengths is not None:
                 pat = pat.with_padding(lengths)
             if len(groups) == 1:
-                outs.append(attention(q, k, v, pat, kernel=self.kernel, global_qkv=global_qkv))
+                outs.append(attention(q, k, v, pat, kernel=self.kernel))
             else:
-                g = None if global_qkv is None else tuple(t[:, heads].contiguous() for t in global_qkv)
                 outs.append(attention(q[:, heads].contiguous(), k[:, heads].contiguous(), v[:, heads].contiguous(),
-                                      pat, kernel=self.kernel, global_qkv=g))
+                                      pat, kernel=self.kernel))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        if global_qkv is not None:  # rows of global tokens: their own projections, all valid keys
+            out = global_rows(out, *global_qkv, gidx, lengths)
         return out.transpose(1, 2).reshape(B, L, E)
 
 

@@ -1,0 +1,205 @@
+"""Every kernel x pattern x score bias x query offset x padding against the reference.
+
+``SERVES`` is this suite's statement of what each kernel must serve: a kernel that refuses
+a case it is listed for fails, and one that accepts a case it is not listed for must match
+the reference too (a refusal of an unlisted case is the expected ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from tsformer.attention import (
+    Causal,
+    DenseBias,
+    Full,
+    LogSparse,
+    OffsetTableBias,
+    SlidingWindow,
+    SlopeBias,
+    attention,
+    get_kernel,
+    unwrap,
+)
+
+TOL = dict(rtol=1e-4, atol=2e-5)
+H = 2
+
+PATTERNS = {
+    "full": Full(),
+    "causal": Causal(),
+    "logsparse_local2": LogSparse(local=2),
+    "logsparse_restart5": LogSparse(local=2, restart=5),
+    "window5": SlidingWindow(5),
+    "window4_causal": SlidingWindow(4, one_sided=True),
+    "window3_dil2": SlidingWindow(3, dilation=2),
+    "window5_globals": SlidingWindow(5).with_globals([0, 6]),
+}
+
+BIASES = ["none", "slope", "slope_symmetric", "table_head", "table_query", "dense"]
+# (Lq, Lk, q_offset): square; fewer queries aligned bottom-right (the default) and top-left;
+# one query over many keys (a decoding step).
+SHAPES = [(7, 7, None), (33, 33, None), (5, 12, None), (5, 12, 0), (1, 9, None), (1, 1, None)]
+
+
+def _all(*_):
+    return True
+
+
+def _sparse(pattern, bias, Lq, Lk, off):
+    core, _, _ = unwrap(pattern)
+    square = Lq == Lk and (off is None or off == 0)
+    return isinstance(core, (LogSparse, SlidingWindow)) and bias == "none" and square
+
+
+SERVES = {"reference": _all, "sdpa": _all, "flex": _all, "auto": _all, "sparse": _sparse}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _make_bias(kind: str, B: int, Lq: int, Lk: int, g: torch.Generator, grad: bool = True):
+    if kind == "none":
+        return None
+    if kind.startswith("slope"):
+        slopes = torch.rand(H, generator=g).add(0.1).requires_grad_(grad)
+        return SlopeBias(slopes, symmetric=kind == "slope_symmetric")
+    if kind == "table_head":
+        return OffsetTableBias(torch.randn(1, H, 1, 7, generator=g).requires_grad_(grad), max_distance=3)
+    if kind == "table_query":
+        return OffsetTableBias(torch.randn(B, H, Lq, 9, generator=g).requires_grad_(grad), max_distance=4)
+    return DenseBias(torch.randn(B, H, Lq, Lk, generator=g).requires_grad_(grad))
+
+
+def _run(kernel, pattern, bias_kind, Lq, Lk, off, padding, grad):
+    B, D = 2, 8
+    g = torch.Generator().manual_seed(Lq * 100 + Lk)
+    q = torch.randn(B, H, Lq, D, generator=g).requires_grad_(grad)
+    k = torch.randn(B, H, Lk, D, generator=g).requires_grad_(grad)
+    v = torch.randn(B, H, Lk, D, generator=g).requires_grad_(grad)
+    bias = _make_bias(bias_kind, B, Lq, Lk, g, grad)
+    if padding:
+        pattern = pattern.with_padding(torch.tensor([Lk, max(1, (Lk + 1) // 2)]))
+    kw = dict(bias=bias, q_offset=off)
+    listed = SERVES[kernel](pattern, bias_kind, Lq, Lk, off)
+    refused = get_kernel(kernel).supports(q, k, v, pattern, **kw)
+    if refused is not None:
+        assert not listed, f"{kernel} refuses a case it must serve: {refused}"
+        with pytest.raises(ValueError):
+            attention(q, k, v, pattern, kernel=kernel, **kw)
+        return
+    out = attention(q, k, v, pattern, kernel=kernel, **kw)
+    ref = attention(q, k, v, pattern, kernel="reference", **kw)
+    assert out.shape == (B, H, Lq, D)
+    assert_close(out, ref, **TOL)
+    if not grad:
+        return
+    leaves = [q, k, v, *(bias.tensors() if bias is not None else ())]
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad((out * w).sum(), leaves, allow_unused=True)
+    want = torch.autograd.grad((ref * w).sum(), leaves, allow_unused=True)
+    for a, b in zip(got, want, strict=True):
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        assert torch.isfinite(a).all()
+        assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize(("Lq", "Lk", "off"), SHAPES, ids=[f"q{a}k{b}o{c}" for a, b, c in SHAPES])
+@pytest.mark.parametrize("bias", BIASES)
+@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("kernel", ["sdpa", "sparse", "flex", "auto"])
+def test_bias_offset_matrix(kernel, name, bias, Lq, Lk, off, padding):
+    cpu_flex = kernel == "flex"  # no CPU backward: forward here, and the refusal of gradients
+    _run(kernel, PATTERNS[name], bias, Lq, Lk, off, padding, grad=not cpu_flex)
+    if cpu_flex:
+        with pytest.raises(ValueError, match="backward on CPU"):
+            _run_grad_call("flex", PATTERNS[name], Lq, Lk, off)
+
+
+def _run_grad_call(kernel, pattern, Lq, Lk, off):
+    q = torch.randn(1, H, Lq, 4, requires_grad=True)
+    k = torch.randn(1, H, Lk, 4)
+    return attention(q, k, k, pattern, kernel=kernel, q_offset=off)
+
+
+# --- the reference itself, against explicit formulas ---------------------------------
+
+
+def _naive_biased(q, k, v, pattern, bias_fn, off):
+    """Loops over (b, h, i, j): allowed keys from the pattern's predicate on absolute
+    positions, the bias from a hand formula."""
+    B, Hh, Lq, D = q.shape
+    Lk = k.shape[-2]
+    core, lengths, _ = unwrap(pattern)
+    fn = core.mask_fn(Lq, Lk)
+    out = torch.zeros(B, Hh, Lq, v.shape[-1])
+    for b in range(B):
+        n = Lk if lengths is None else int(lengths[b])
+        for h in range(Hh):
+            for i in range(Lq):
+                pos = i + off
+                keys = [j for j in range(n) if bool(fn(torch.tensor(b), torch.tensor(h), torch.tensor(pos), torch.tensor(j)))]
+                if not keys:
+                    continue
+                s = torch.stack([q[b, h, i] @ k[b, h, j] * D**-0.5 + bias_fn(b, h, i, pos, j) for j in keys])
+                p = torch.softmax(s, 0)
+                out[b, h, i] = sum(p[m] * v[b, h, j] for m, j in enumerate(keys))
+    return out
+
+
+@pytest.mark.parametrize("name", ["causal", "window5", "logsparse_local2", "full"])
+@pytest.mark.parametrize(("Lq", "Lk", "off"), [(4, 4, 0), (3, 8, 5), (3, 8, 0), (1, 6, 5)])
+def test_reference_bias_matches_formulas(name, Lq, Lk, off):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, H, n, 4, generator=g) for n in (Lq, Lk, Lk))
+    pattern = PATTERNS[name].with_padding(torch.tensor([Lk, max(1, Lk - 2)]))
+    slopes = torch.tensor([0.5, 0.125])
+    table = torch.randn(1, H, 1, 5, generator=g)
+    per_query = torch.randn(2, H, Lq, 5, generator=g)
+    cases = [
+        (SlopeBias(slopes), lambda b, h, i, p, j: -slopes[h] * (p - j)),
+        (SlopeBias(slopes, symmetric=True), lambda b, h, i, p, j: -slopes[h] * abs(p - j)),
+        (OffsetTableBias(table, 2), lambda b, h, i, p, j: table[0, h, 0, max(-2, min(2, j - p)) + 2]),
+        (OffsetTableBias(per_query, 2), lambda b, h, i, p, j: per_query[b, h, i, max(-2, min(2, j - p)) + 2]),
+    ]
+    for bias, fn in cases:
+        out = attention(q, k, v, pattern, kernel="reference", bias=bias, q_offset=off)
+        assert_close(out, _naive_biased(q, k, v, pattern, fn, off), **TOL)
+
+
+def test_default_offset_is_bottom_right():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, H, 3, 4, generator=g), torch.randn(1, H, 10, 4, generator=g)
+    for kernel in ["reference", "sdpa"]:
+        a = attention(q, k, k, Causal(), kernel=kernel)
+        b = attention(q, k, k, Causal(), kernel=kernel, q_offset=7)
+        assert_close(a, b)
+    # The last query row of a square call equals a one-query call over the same keys.
+    kk = torch.randn(1, H, 10, 4, generator=g)
+    full = attention(kk, kk, kk, LogSparse(), kernel="reference")
+    step = attention(kk[:, :, -1:], kk, kk, LogSparse(), kernel="reference")
+    assert_close(full[:, :, -1:], step)
+
+
+def test_bad_calls_name_what_is_wrong():
+    q = torch.randn(1, H, 3, 4)
+    k = torch.randn(1, H, 5, 4)
+    with pytest.raises(ValueError, match="q_offset must be >= 0"):
+        attention(q, k, k, Full(), kernel="reference", q_offset=-1)
+    with pytest.raises(ValueError, match="disagree"):
+        attention(q, k[:, :1], k, Full(), kernel="sdpa")
+    with pytest.raises(ValueError, match=r"SlopeBias.slopes of shape \(3,\)"):
+        attention(q, k, k, Full(), kernel="reference", bias=SlopeBias(torch.ones(3)))
+    with pytest.raises(ValueError, match="2R\\+1"):
+        OffsetTableBias(torch.ones(1, H, 1, 4), max_distance=2)
+    with pytest.raises(ValueError, match="score bias"):
+        attention(q, k, k, LogSparse(), kernel="sparse", bias=SlopeBias(torch.ones(H)))
