@@ -80,12 +80,12 @@ def build(impl: str, kernel: str):
                          is_global_attn=True)[0]
     else:
         sys.path.insert(0, str(ROOT))
-        from tsformer.nn.longformer import LongformerSelfAttention
+        from tsformer.nn.attention import LongformerSelfAttention
 
         layer = LongformerSelfAttention(E, H, window=WINDOW, kernel=kernel)
 
         def call(x):
-            return layer(x, None, (0,))
+            return layer.context(x, None, (0,))
 
     return layer, call
 

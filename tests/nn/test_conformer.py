@@ -3,9 +3,8 @@
 import pytest
 import torch
 
+from tsformer.nn.attention import LSRA, DynamicConv, LightweightConv, MultiHeadSelfAttention
 from tsformer.nn.conformer import ConformerCTC
-from tsformer.nn.lsra import LSRA, DynamicConv, LightweightConv
-from tsformer.nn.mhsa import MultiHeadSelfAttention
 from tsformer.train import compose_config
 
 

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.data.audio import GlobalCMVN, SpecAugment
-from tsformer.nn.lsra import LSRA
-from tsformer.nn.mhsa import MultiHeadSelfAttention
+from tsformer.nn.attention import build_attention
 
 
 def valid_mask(lengths: Tensor, L: int) -> Tensor:
@@ -109,14 +108,12 @@ class ConvModule(nn.Module):
 
 
 def make_attention(d_model: int, n_heads: int, dropout: float, cfg: dict) -> nn.Module:
-    """Self-attention module from its config: ``type: mhsa`` or ``type: lsra`` (+ settings)."""
-    cfg = dict(cfg)
-    kind = cfg.pop("type", "mhsa")
-    if kind == "mhsa":
-        return MultiHeadSelfAttention(d_model, n_heads, dropout=dropout, **cfg)
-    if kind == "lsra":
-        return LSRA(d_model, n_heads, dropout=dropout, **cfg)
-    raise ValueError(f"unknown attention type {kind!r}; choose mhsa or lsra")
+    """Self-attention module from ``model.attention`` (any registered encoder type; default
+    ``mhsa`` with full attention and rotary positions, attention dropout ``dropout``)."""
+    if dict(cfg or {}).get("positions", dict(cfg or {}).get("pos")) == "learned":
+        raise ValueError("ConformerCTC has no learned position table: choose rotary, relative or none positions")
+    defaults = {"type": "mhsa", "pattern": "full", "positions": "rotary", "window": 64, "dropout": dropout}
+    return build_attention(cfg, d_model, n_heads, causal=False, defaults=defaults, network="ConformerCTC")
 
 
 class ConformerBlock(nn.Module):
@@ -177,8 +174,9 @@ class ConformerCTC(nn.Module):
         d_model, n_heads, n_layers, d_ff: encoder sizes.
         conv_kernel: depthwise kernel of the convolution module (odd).
         dropout: dropout rate.
-        attention: self-attention module config, ``{type: mhsa, pattern, kernel, pos}`` or
-            ``{type: lsra, conv_type, conv_kernel, conv_heads, pattern, kernel, pos}``.
+        attention: ``model.attention``, e.g. ``{type: mhsa, pattern, kernel, positions}`` or
+            ``{type: lsra, conv_type, conv_kernel, conv_heads, pattern, kernel, positions}``
+            (``pos`` is read as ``positions``, as older checkpoints spell it).
         cmvn_mean, cmvn_std: global feature statistics (``input_dim`` floats each).
         specaugment: :class:`~tsformer.data.audio.SpecAugment` settings, or None.
         subsampling_channels: channels of the subsampling convolutions (None: ``d_model``);

@@ -3,8 +3,9 @@ https://arxiv.org/abs/2004.05150): a document classifier and a character languag
 
 Each layer attends within a sliding window (its own size per layer, optionally dilated on
 some heads), plus global attention at marked positions (the classification token), which
-uses its own query/key/value projections as in the paper. The attention itself runs
-through :func:`tsformer.attention.attention` with the configured kernel.
+uses its own query/key/value projections as in the paper
+(:class:`~tsformer.nn.attention.LongformerSelfAttention`, or any attention type that fits,
+from ``model.attention.type``).
 
 ``LongformerClassifier`` with ``attention.pattern=full`` and ``truncate=512`` is the
 "plain Transformer on the first 512 tokens" comparison (``model=transformer_truncated``).
@@ -19,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsformer.attention import Full, Pattern, SlidingWindow, attention, global_rows
+from tsformer.nn.attention import AttentionLayer, build_attention
+from tsformer.nn.attention.base import rename_keys
+from tsformer.nn.decoding import DecodeCache, KVCache
 
 
 def _per_layer(value: int | Sequence[int], n_layers: int, name: str) -> list[int]:
@@ -41,142 +44,28 @@ def draw_token_mask(tokens: Tensor, prob: float, keep: Sequence[int] = (),
     return drop
 
 
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al. 2021, RoFormer) on ``(B, H, L, D)`` queries/keys."""
-
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
-        super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"rotary positions need an even head dim, got {head_dim}")
-        inv = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        ang = torch.arange(max_len, dtype=torch.float32)[:, None] * inv[None, :]  # (L, D/2)
-        self.register_buffer("cos", ang.cos(), persistent=False)
-        self.register_buffer("sin", ang.sin(), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        L = x.shape[-2]
-        cos, sin = self.cos[:L].to(x.dtype), self.sin[:L].to(x.dtype)
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-
-
-class LongformerSelfAttention(nn.Module):
-    """Sliding-window self-attention with global tokens (Beltagy et al. 2020, Sec. 3).
-
-    Local attention uses ``query/key/value``; rows of global tokens use ``query_global``
-    against ``key_global/value_global`` of every position, while every position sees the
-    global tokens' local keys (as in the paper and Hugging Face's implementation). The
-    output is the per-head context, concatenated, before the output projection (like
-    Hugging Face's ``LongformerSelfAttention``, whose weights load with the same names).
+class LongformerLayer(nn.Module):
+    """Pre-norm Transformer layer around an attention layer (pre-norm trains more stably
+    from scratch than the paper's post-norm RoBERTa layout).
 
     Args:
-        d_model, n_heads: width and heads.
-        window: keys in the window (``window // 2`` each side, or ``window`` to the left
-            when ``one_sided``), before dilation.
-        dilation, dilated_heads: the last ``dilated_heads`` heads use this dilation
-            (0 heads with ``dilation > 1``: all heads dilated).
-        one_sided: causal window (language modelling).
-        pattern: ``window`` or ``full`` (dense, for the truncated baseline).
-        kernel: attention kernel name (``auto``, ``sparse``, ``reference``, ...).
-        rotary: rotary embedding applied to queries and keys, or None.
+        d_model, d_ff: widths.
+        attn: the attention layer (output projection included).
+        dropout: residual dropout.
     """
 
-    def __init__(self, d_model: int, n_heads: int, window: int = 512, dilation: int = 1, dilated_heads: int = 0,
-                 one_sided: bool = False, pattern: str = "window", kernel: str = "auto",
-                 rotary: RotaryEmbedding | None = None):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        if pattern not in ("window", "full"):
-            raise ValueError(f"attention pattern must be window or full, got {pattern!r}")
-        if not 0 <= dilated_heads <= n_heads:
-            raise ValueError(f"dilated_heads must be in 0..{n_heads}, got {dilated_heads}")
-        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
-        self.window, self.dilation, self.one_sided, self.pattern, self.kernel = window, dilation, one_sided, pattern, kernel
-        self.dilated_heads = (n_heads if dilated_heads == 0 else dilated_heads) if dilation > 1 else 0
-        self.rotary = rotary
-        # Global projections only where global tokens can occur: unused parameters would
-        # break DDP's gradient reduction (and waste memory) in the causal LM and the dense baseline.
-        self.has_global = pattern == "window" and not one_sided
-        names = ("query", "key", "value") + (("query_global", "key_global", "value_global") if self.has_global else ())
-        for name in names:
-            setattr(self, name, nn.Linear(d_model, d_model))
-
-    def _patterns(self) -> list[tuple[slice, Pattern]]:
-        """``(head slice, pattern)`` per head group."""
-        if self.pattern == "full":
-            return [(slice(0, self.n_heads), Full())]
-        plain = self.n_heads - self.dilated_heads
-        groups = []
-        if plain:
-            groups.append((slice(0, plain), SlidingWindow(self.window, self.one_sided, 1)))
-        if self.dilated_heads:
-            groups.append((slice(plain, self.n_heads), SlidingWindow(self.window, self.one_sided, self.dilation)))
-        return groups
-
-    def _heads(self, t: Tensor) -> Tensor:
-        B, L, _ = t.shape
-        return t.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = ()) -> Tensor:
-        """Args:
-            x: ``(B, L, E)``.
-            lengths: ``(B,)`` valid positions per element (keys beyond are masked), or None.
-            global_idx: positions with global attention (shared by the batch).
-        Returns:
-            ``(B, L, E)`` concatenated head outputs.
-        """
-        B, L, E = x.shape
-        gidx = sorted({int(i) for i in global_idx if 0 <= int(i) < L}) if self.has_global else []
-        names = ["query", "key", "value"] + (["key_global", "value_global"] if gidx else [])
-        # One packed matmul for all full-length projections: fewer passes over x.
-        w = torch.cat([getattr(self, n).weight for n in names])
-        b = torch.cat([getattr(self, n).bias for n in names])
-        proj = F.linear(x, w, b).split(E, dim=-1)
-        q, k, v = (self._heads(t) for t in proj[:3])
-        global_qkv = None
-        if gidx:
-            sel = torch.tensor(gidx, device=x.device)
-            # The global query is only needed at the global rows.
-            qg_rows = self.query_global(x.index_select(1, sel))  # (B, G, E)
-            qg = x.new_zeros(B, L, E).index_copy(1, sel, qg_rows)
-            global_qkv = (self._heads(qg), self._heads(proj[3]), self._heads(proj[4]))
-        if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
-            if global_qkv is not None:
-                global_qkv = (self.rotary(global_qkv[0]), self.rotary(global_qkv[1]), global_qkv[2])
-        outs = []
-        groups = self._patterns()
-        for heads, pat in groups:
-            if gidx:
-                pat = pat.with_globals(gidx)
-            if lengths is not None:
-                pat = pat.with_padding(lengths)
-            if len(groups) == 1:
-                outs.append(attention(q, k, v, pat, kernel=self.kernel))
-            else:
-                outs.append(attention(q[:, heads].contiguous(), k[:, heads].contiguous(), v[:, heads].contiguous(),
-                                      pat, kernel=self.kernel))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-        if global_qkv is not None:  # rows of global tokens: their own projections, all valid keys
-            out = global_rows(out, *global_qkv, gidx, lengths)
-        return out.transpose(1, 2).reshape(B, L, E)
-
-
-class LongformerLayer(nn.Module):
-    """Pre-norm Transformer layer with :class:`LongformerSelfAttention` (pre-norm trains
-    more stably from scratch than the paper's post-norm RoBERTa layout)."""
-
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, **attn):
+    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = LongformerSelfAttention(d_model, n_heads, **attn)
-        self.out = nn.Linear(d_model, d_model)
+        self.attn = attn
         self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
         self.drop = nn.Dropout(dropout)
+        # The output projection moved into the attention layer.
+        self._register_load_state_dict_pre_hook(rename_keys({"out.": "attn.out."}))
 
-    def forward(self, x: Tensor, lengths: Tensor | None, global_idx: Sequence[int]) -> Tensor:
-        x = x + self.drop(self.out(self.attn(self.norm1(x), lengths, global_idx)))
+    def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
+                cache: KVCache | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -190,9 +79,11 @@ class LongformerEncoder(nn.Module):
         dilation: dilation per layer (or one for all); ``dilated_heads`` heads use it.
         dilated_heads: how many heads (the last ones) are dilated; 0 = all of them.
         max_tokens: longest input; learned positions are allocated up to it.
-        positions: ``learned`` or ``rotary``.
+        positions: ``model.attention.positions`` where that is not set (``learned``, an
+            input table up to ``max_tokens``; ``rotary``; ``relative``; ``none``).
         one_sided: causal windows (character LM).
-        attention: ``pattern`` (``window`` | ``full``) and ``kernel``.
+        attention: ``model.attention``: ``type`` (default ``longformer``; any type that
+            fits), ``pattern`` (``window`` | ``full`` for Longformer), ``kernel``, ...
         truncate: keep only the first ``truncate`` tokens (None: all).
         dropout: residual and embedding dropout.
     """
@@ -202,19 +93,19 @@ class LongformerEncoder(nn.Module):
                  max_tokens: int = 4096, positions: str = "learned", one_sided: bool = False,
                  attention: dict | None = None, truncate: int | None = None, dropout: float = 0.1):
         super().__init__()
-        attention = dict(attention or {})
-        pattern, kernel = attention.get("pattern", "window"), attention.get("kernel", "auto")
-        if positions not in ("learned", "rotary"):
-            raise ValueError(f"positions must be learned or rotary, got {positions!r}")
+        attention = {"positions": positions, **dict(attention or {})}
+        self.positions = attention["positions"] = attention.pop("pos", attention["positions"])
         self.max_tokens, self.truncate = int(max_tokens), truncate
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
-        self.pos = nn.Embedding(self.max_tokens, d_model) if positions == "learned" else None
-        rotary = RotaryEmbedding(d_model // n_heads, self.max_tokens) if positions == "rotary" else None
+        self.pos = nn.Embedding(self.max_tokens, d_model) if self.positions == "learned" else None
         windows = _per_layer(window, n_layers, "window")
         dilations = _per_layer(dilation, n_layers, "dilation")
+        name = "the character LM (LongformerCharLM)" if one_sided else "LongformerEncoder"
+        defaults = {"type": "longformer", "pattern": "window", "one_sided": one_sided}
         self.layers = nn.ModuleList(
-            LongformerLayer(d_model, n_heads, d_ff, dropout, window=w, dilation=r, dilated_heads=dilated_heads,
-                            one_sided=one_sided, pattern=pattern, kernel=kernel, rotary=rotary)
+            LongformerLayer(d_model, d_ff, build_attention(
+                {**attention, "window": w, "dilation": r}, d_model, n_heads, causal=one_sided or None,
+                defaults=defaults, network=name, dilated_heads=dilated_heads), dropout)
             for w, r in zip(windows, dilations)
         )
         self.norm = nn.LayerNorm(d_model)
@@ -223,11 +114,14 @@ class LongformerEncoder(nn.Module):
         if self.pos is not None:
             nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, tokens: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = ()) -> Tensor:
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
+                cache: DecodeCache | None = None) -> Tensor:
         """Args:
-            tokens: ``(B, L)`` ids, 0 = padding.
+            tokens: ``(B, L)`` ids, 0 = padding; with a cache, the next tokens of each path.
             lengths: ``(B,)`` real lengths, or None (all ``L``).
             global_idx: positions with global attention.
+            cache: incremental decoding (causal encoders): the first call fills it, later
+                calls continue at position ``cache.length``.
         Returns:
             ``(B, L', E)`` with ``L' = min(L, truncate)``.
         """
@@ -236,12 +130,17 @@ class LongformerEncoder(nn.Module):
         if lengths is not None:
             lengths = lengths.clamp(max=tokens.shape[1])
         L = tokens.shape[1]
-        if L > self.max_tokens:
+        start = 0 if cache is None else cache.length
+        if start + L > self.max_tokens and self.pos is not None:
+            raise ValueError(f"input of {start + L} tokens is longer than max_tokens={self.max_tokens}")
+        if start + L > self.max_tokens and cache is None:
             raise ValueError(f"input of {L} tokens is longer than max_tokens={self.max_tokens}")
         x = self.embed(tokens)
         if self.pos is not None:
-            x = x + self.pos.weight[:L]
+            x = x + self.pos.weight[start : start + L]
         x = self.drop(x)
+        if cache is not None:
+            return self.norm(cache.run(self.layers, x))
         for layer in self.layers:
             x = layer(x, lengths, global_idx)
         return self.norm(x)
@@ -360,9 +259,17 @@ class LongformerCharLM(nn.Module):
         self.lm_head = nn.Linear(self.encoder.embed.embedding_dim, vocab_size, bias=False)
         self.lm_head.weight = self.encoder.embed.weight  # tied (Press & Wolf 2017)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """``(B, L)`` ids -> ``(B, L, vocab)`` logits of the next character."""
-        return self.lm_head(self.encoder(tokens))
+    def forward(self, tokens: Tensor, cache: DecodeCache | None = None) -> Tensor:
+        """``(B, L)`` ids -> ``(B, L, vocab)`` logits of the next character.
+
+        With a cache (:meth:`new_cache`), the first call encodes the prompt and each later
+        call only the new characters, attending over everything cached.
+        """
+        return self.lm_head(self.encoder(tokens, cache=cache))
+
+    def new_cache(self, batch: int, max_len: int, repeat: int = 1) -> DecodeCache:
+        """An empty decoding cache for ``batch`` prompts of ``repeat`` paths, up to ``max_len``."""
+        return DecodeCache.create(len(self.encoder.layers), batch, repeat, max_len)
 
 
 def bits_per_char(logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsformer.attention import pattern_from_config
-from tsformer.nn.conv_transformer import ConvTransformerBlock
+from tsformer.nn.conv_transformer import conv_blocks
 
 
 class PatchForecaster(nn.Module):
@@ -37,7 +36,8 @@ class PatchForecaster(nn.Module):
         conv_kernel: query/key convolution width over patches (1: plain attention).
         dropout: encoder dropout; ``head_dropout`` before the head.
         linear_skip: add a linear look-back -> horizon path.
-        attention: ``pattern`` (``logsparse``, ``causal``, ``full``), its options and ``kernel``.
+        attention: ``model.attention``: ``type`` (default ``conv``), ``pattern`` (default
+            ``logsparse``; ``causal``, ``full``, ``window``), its options, ``kernel``, ``positions``.
     """
 
     def __init__(
@@ -59,18 +59,14 @@ class PatchForecaster(nn.Module):
         super().__init__()
         if context_length < patch_len:
             raise ValueError(f"context_length={context_length} is shorter than patch_len={patch_len}")
-        att = dict(attention or {"pattern": "logsparse"})
-        kernel = att.pop("kernel", "auto")
-        self.pattern = pattern_from_config(att.pop("pattern", "logsparse"), **att)
         self.context_length, self.horizon = context_length, horizon
         self.patch_len, self.stride = patch_len, stride
         self.num_patches = (context_length - patch_len) // stride + 2  # one padded patch at the end
         self.embed = nn.Linear(patch_len, d_model)
         self.pos = nn.Parameter(torch.randn(self.num_patches, d_model) * 0.02)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            ConvTransformerBlock(d_model, n_heads, d_ff, conv_kernel, kernel, dropout) for _ in range(n_layers)
-        )
+        self.blocks = conv_blocks(attention, n_layers, d_model, n_heads, d_ff, conv_kernel, dropout, causal=None,
+                                  network="PatchForecaster")
         self.ln = nn.LayerNorm(d_model)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(self.num_patches * d_model, horizon)
@@ -86,7 +82,7 @@ class PatchForecaster(nn.Module):
         patches = zp.unfold(-1, self.patch_len, self.stride)  # (B, P, patch_len)
         h = self.drop(self.embed(patches) + self.pos)
         for block in self.blocks:
-            h = block(h, self.pattern)
+            h = block(h)
         y = self.head(self.head_drop(self.ln(h).flatten(1)))
         if self.skip is not None:
             y = y + self.skip(z)

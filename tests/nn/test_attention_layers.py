@@ -1,0 +1,166 @@
+"""Attention layers: registry and builder, old checkpoints, cached decoding, positions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from tsformer.attention import Causal, attention
+from tsformer.attention.split import split_attention
+from tsformer.nn.attention import (
+    ATTENTION_LAYERS,
+    AttentionLayer,
+    MultiHeadSelfAttention,
+    build_attention,
+    register_attention,
+)
+from tsformer.nn.conformer import ConformerCTC
+from tsformer.nn.conv_transformer import ConvTransformerForecaster
+from tsformer.nn.longformer import LongformerCharLM, LongformerClassifier
+from tsformer.nn.patch_forecaster import PatchForecaster
+
+GOLDEN = Path(__file__).with_name("golden") / "pre_layers.pt"
+CLASSES = {
+    "forecaster": ConvTransformerForecaster,
+    "patch": PatchForecaster,
+    "conformer_relative": ConformerCTC,
+    "conformer_lsra": ConformerCTC,
+    "longformer": LongformerClassifier,
+    "charlm": LongformerCharLM,
+}
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return torch.load(GOLDEN, weights_only=False)
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_checkpoints_from_before_the_change_load_and_compute_the_same(golden, name):
+    """Weights saved by the pre-layer networks (tests/nn/golden/make_pre_layers.py) load
+    strictly into today's, and give the same outputs (relative positions now go through
+    the score-bias path; Longformer's output projection moved into its attention layer)."""
+    entry = golden[name]
+    net = CLASSES[name](**entry["kwargs"]).eval()
+    net.load_state_dict(entry["state_dict"], strict=True)
+    with torch.no_grad():
+        out = net(*entry["inputs"])
+    want = entry["outputs"]
+    for a, b in zip(out if isinstance(out, tuple) else (out,), want if isinstance(want, tuple) else (want,)):
+        assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if name == "forecaster":  # sample paths for a fixed seed are those of before
+        ctx, cov, sid = entry["inputs"]
+        with torch.no_grad():
+            s = net.sample(ctx[:, :21], cov[:, :28], sid, num_samples=5, generator=torch.Generator().manual_seed(3))
+        assert_close(s, entry["samples"], rtol=1e-4, atol=1e-4)
+
+
+def test_registry_and_builder():
+    assert {"mhsa", "conv", "lsra", "longformer"} <= set(ATTENTION_LAYERS)
+    layer = build_attention({"type": "mhsa", "pattern": "window", "window": 8, "positions": "relative"}, 32, 4)
+    assert isinstance(layer, MultiHeadSelfAttention) and layer.spec.window == 8
+    assert layer(torch.randn(2, 11, 32), torch.tensor([11, 5])).shape == (2, 11, 32)
+    with pytest.raises(ValueError, match="unknown attention type 'nope'"):
+        build_attention({"type": "nope"}, 32, 4)
+    with pytest.raises(ValueError, match=r"does not take the option\(s\) \['conv_heads'\]"):
+        build_attention({"type": "mhsa", "conv_heads": 2}, 32, 4)
+    with pytest.raises(ValueError, match="unknown attention kernel"):
+        build_attention({"kernel": "nope"}, 32, 4)
+    with pytest.raises(ValueError, match="positions='sinusoid'"):
+        build_attention({"positions": "sinusoid"}, 32, 4)
+
+
+def test_layer_pattern_mismatches_name_both_sides():
+    # A bidirectional layer type in a decoder.
+    with pytest.raises(ValueError, match=r"decoder.*'lsra'.*bidirectional"):
+        build_attention({"type": "lsra", "pattern": "causal"}, 32, 4, causal=True, network="the decoder")
+    # A non-causal pattern in a decoder.
+    with pytest.raises(ValueError, match=r"causal pattern.*'full'.*'mhsa'"):
+        build_attention({"type": "mhsa", "pattern": "full"}, 32, 4, causal=True)
+    # A pattern the type cannot take.
+    with pytest.raises(ValueError, match=r"'longformer'.*cannot take pattern 'logsparse'"):
+        build_attention({"type": "longformer", "pattern": "logsparse"}, 32, 4)
+    with pytest.raises(ValueError, match="ConvTransformerForecaster"):
+        ConvTransformerForecaster(2, 1, d_model=16, n_heads=2, attention={"pattern": "full"})
+
+
+def test_register_a_new_type():
+    @register_attention("test_identity_attention")
+    class Identity(AttentionLayer):
+        def __init__(self, d_model, n_heads, spec=None, **config):
+            super().__init__()
+            self.setup(spec, d_model, n_heads, config)
+
+        def forward(self, x, lengths=None, global_idx=(), cache=None):
+            return x
+
+    try:
+        net = PatchForecaster(32, 4, patch_len=8, stride=4, d_model=16, n_heads=2,
+                              attention={"type": "test_identity_attention", "pattern": "full"})
+        assert all(isinstance(b.attn, Identity) for b in net.blocks)
+        assert net(torch.randn(3, 32)).shape == (3, 4)
+        with pytest.raises(ValueError, match="already registered"):
+            register_attention("mhsa")(Identity)
+    finally:
+        ATTENTION_LAYERS.pop("test_identity_attention")
+
+
+def test_relative_positions_through_bias_equal_the_dense_formula():
+    """Shaw et al. (2018): scores ``(q.k + q.a_{clip(j-i)}) / sqrt(d)``, written out densely,
+    equal the layer's bias path on every kernel that takes the bias."""
+    torch.manual_seed(0)
+    for kernel in ["reference", "sdpa", "auto"]:
+        layer = MultiHeadSelfAttention(16, 2, positions="relative", max_relative=3, kernel=kernel).eval()
+        x = torch.randn(2, 9, 16)
+        lengths = torch.tensor([9, 6])
+        q, k, v = layer.qkv(x).view(2, 9, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        idx = torch.arange(9)
+        rel = (idx[None, :] - idx[:, None]).clamp(-3, 3) + 3
+        scores = (q @ k.transpose(-1, -2) + torch.einsum("bhid,ijd->bhij", q, layer.positions.rel_k(rel))) / 8**0.5
+        scores = scores.masked_fill(~(idx[None, :] < lengths[:, None])[:, None, None], float("-inf"))
+        ref = layer.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 9, 16))
+        assert_close(layer(x, lengths), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_split_attention_equals_reference_over_concatenated_keys():
+    g = torch.Generator().manual_seed(0)
+    B, H, R, P, n, lq, D = 2, 2, 3, 5, 4, 2, 8
+    q = torch.randn(B, H, R, lq, D, generator=g)
+    pk, pv = torch.randn(B, H, P, D, generator=g), torch.randn(B, H, P, D, generator=g)
+    sk, sv = torch.randn(B, H, R, n, D, generator=g), torch.randn(B, H, R, n, D, generator=g)
+    out = split_attention(q, pk, pv, sk, sv, Causal())
+    for r in range(R):
+        k = torch.cat([pk, sk[:, :, r]], 2)
+        v = torch.cat([pv, sv[:, :, r]], 2)
+        assert_close(out[:, :, r], attention(q[:, :, r], k, v, Causal(), kernel="reference"))
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned", "relative"])
+def test_char_lm_cached_decoding_equals_full_recompute(positions):
+    torch.manual_seed(0)
+    lm = LongformerCharLM(vocab_size=20, d_model=16, n_heads=2, n_layers=2, d_ff=32, window=[4, 8],
+                          dilation=[1, 2], dilated_heads=1, max_tokens=64, positions=positions).eval()
+    tokens = torch.randint(1, 20, (2, 30))
+    with torch.no_grad():
+        full = lm(tokens)
+        cache = lm.new_cache(2, 30)
+        parts = [lm(tokens[:, :11], cache=cache)]
+        for t in range(11, 27):
+            parts.append(lm(tokens[:, t : t + 1], cache=cache))
+        parts.append(lm(tokens[:, 27:], cache=cache))  # several positions in one step
+    assert cache.length == 30 and len(cache.hidden) == 2
+    assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_forecaster_cache_serves_other_attention_types():
+    torch.manual_seed(0)
+    m = ConvTransformerForecaster(3, 2, d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0,
+                                  attention={"type": "mhsa", "pattern": "causal", "positions": "rotary"}).eval()
+    g = torch.Generator().manual_seed(0)
+    x, cov, sid = torch.randn(2, 26, generator=g), torch.randn(2, 30, 2, generator=g), torch.tensor([0, 1])
+    a = m.sample(x, cov, sid, num_samples=4, generator=torch.Generator().manual_seed(3))
+    b = m.sample_reference(x, cov, sid, num_samples=4, generator=torch.Generator().manual_seed(3))
+    assert_close(a, b, rtol=1e-4, atol=1e-4)

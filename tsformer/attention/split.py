@@ -1,0 +1,69 @@
+"""Attention over a split key/value cache: a prefix shared by ``R`` paths plus each path's
+own suffix, joined in one softmax.
+
+Incremental decoding of many sample paths from one context (forecast sampling) would
+otherwise copy the context's keys once per path. Here the context is scored once per
+series against all ``R`` paths' queries (one matmul) and each path's suffix separately; the
+pattern, the score bias and the query offset apply to the joined key axis exactly as in
+any other kernel, so the result equals the reference kernel over the concatenated keys.
+Work is ``O(R l (P + n) D)`` for ``l`` new queries: meant for decoding steps (small ``l``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tsformer.attention.bias import ScoreBias
+from tsformer.attention.patterns import Pattern
+
+
+def split_attention(
+    q: Tensor,
+    prefix_k: Tensor,
+    prefix_v: Tensor,
+    suffix_k: Tensor,
+    suffix_v: Tensor,
+    pattern: Pattern,
+    *,
+    scale: float | None = None,
+    bias: ScoreBias | None = None,
+    q_offset: int | None = None,
+) -> Tensor:
+    """Attention of each path's queries over the shared prefix and its own suffix.
+
+    Args:
+        q: ``(B, H, R, l, D)``: ``l`` queries of each of ``R`` paths per batch element.
+        prefix_k, prefix_v: ``(B, H, P, D)``, shared by the ``R`` paths (``P`` may be 0).
+        suffix_k, suffix_v: ``(B, H, R, n, D)``, each path's own keys after the prefix.
+        pattern: over the joined key axis ``0 .. P + n - 1`` (key padding: ``(B,)`` lengths).
+        bias: score bias over the joined axis; its batch dimension, if any, is ``B * R``
+            (path-major within each element: row ``b * R + r``).
+        q_offset: position of the first query; default ``P + n - l`` (bottom-right).
+    Returns:
+        ``(B, H, R, l, D)``; a query with no allowed key gives zeros.
+    """
+    B, H, R, lq, D = q.shape
+    P, n = prefix_k.shape[-2], suffix_k.shape[-2]
+    Lk = P + n
+    off = Lk - lq if q_offset is None else int(q_offset)
+    scale = D**-0.5 if scale is None else scale
+    # (B, H, R l, P): one matmul for every path's queries against the shared prefix.
+    s_pre = torch.matmul(q.reshape(B, H, R * lq, D), prefix_k.transpose(-1, -2)).view(B, H, R, lq, P)
+    s_suf = torch.matmul(q, suffix_k.transpose(-1, -2))  # (B, H, R, l, n)
+    scores = torch.cat([s_pre, s_suf], dim=-1) * scale  # (B, H, R, l, Lk)
+    if bias is not None:
+        dense = bias.to_dense(lq, Lk, off, q.device, q.dtype)  # (B R | 1, H | 1, l, Lk)
+        if dense.shape[0] > 1:
+            dense = dense.view(B, R, dense.shape[1], lq, Lk).transpose(1, 2)
+        else:
+            dense = dense.unsqueeze(2)
+        scores = scores + dense
+    mask = pattern.to_dense(lq, Lk, device=q.device, q_offset=off)  # (l, Lk) or (B, 1, l, Lk)
+    mask = mask if mask.dim() == 2 else mask.unsqueeze(2)
+    probs = torch.nan_to_num(torch.softmax(scores.masked_fill(~mask, float("-inf")), -1), nan=0.0)
+    out = torch.matmul(probs[..., :P].reshape(B, H, R * lq, P), prefix_v).view(B, H, R, lq, -1)
+    return out + torch.matmul(probs[..., P:], suffix_v)
+
+
+__all__ = ["split_attention"]

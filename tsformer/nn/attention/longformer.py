@@ -1,0 +1,107 @@
+"""Longformer self-attention (Beltagy, Peters & Cohan 2020, "Longformer: The Long-Document
+Transformer", https://arxiv.org/abs/2004.05150, Sec. 3): ``model.attention.type=longformer``.
+
+A sliding window (optionally dilated on some heads) plus global attention at marked
+positions, which uses its own query/key/value projections as in the paper; the windowed
+part runs through the configured kernel, the global rows through
+:func:`tsformer.attention.global_rows`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tsformer.attention import Full, Pattern, SlidingWindow, global_rows
+from tsformer.nn.attention.base import AttentionLayer, AttentionSpec
+from tsformer.nn.decoding import KVCache
+
+
+class LongformerSelfAttention(AttentionLayer):
+    """Sliding-window self-attention with global tokens (Beltagy et al. 2020, Sec. 3).
+
+    Local attention uses ``query/key/value``; rows of global tokens use ``query_global``
+    against ``key_global/value_global`` of every position, while every position sees the
+    global tokens' local keys (as in the paper and Hugging Face's implementation, whose
+    ``LongformerSelfAttention`` weights load with the same names). :meth:`context` is the
+    per-head context before the output projection ``out`` (Hugging Face's layer output).
+
+    Args:
+        d_model, n_heads: width and heads.
+        spec: the attention config or None; pattern ``window`` (``window`` keys, ``window // 2``
+            each side, or ``window`` to the left when ``one_sided``, before dilation) or
+            ``full`` (dense, for the truncated baseline).
+        dilated_heads: the last ``dilated_heads`` heads use ``dilation`` (0 heads with
+            ``dilation > 1``: all heads dilated).
+        **config: config keys instead of ``spec`` (``window=512, kernel="sparse"``).
+    """
+
+    patterns = ("window", "full")
+    defaults = {"pattern": "window", "window": 512}
+
+    def __init__(self, d_model: int, n_heads: int, spec: AttentionSpec | None = None, dilated_heads: int = 0,
+                 **config):
+        super().__init__()
+        self.setup(spec, d_model, n_heads, config)
+        if not 0 <= dilated_heads <= n_heads:
+            raise ValueError(f"dilated_heads must be in 0..{n_heads}, got {dilated_heads}")
+        s = self.spec
+        self.d_model = d_model
+        self.dilated_heads = (n_heads if dilated_heads == 0 else dilated_heads) if s.dilation > 1 else 0
+        # Global projections only where global tokens can occur: unused parameters would
+        # break DDP's gradient reduction (and waste memory) in the causal LM and the dense baseline.
+        self.has_global = s.pattern == "window" and not s.one_sided
+        names = ("query", "key", "value") + (("query_global", "key_global", "value_global") if self.has_global else ())
+        for name in names:
+            setattr(self, name, nn.Linear(d_model, d_model))
+        self.out = nn.Linear(d_model, d_model)
+
+    def _patterns(self) -> list[tuple[slice, Pattern]]:
+        """``(head slice, pattern)`` per head group."""
+        s = self.spec
+        if s.pattern == "full":
+            return [(slice(0, self.n_heads), Full())]
+        plain = self.n_heads - self.dilated_heads
+        groups = []
+        if plain:
+            groups.append((slice(0, plain), SlidingWindow(s.window, s.one_sided, 1)))
+        if self.dilated_heads:
+            groups.append((slice(plain, self.n_heads), SlidingWindow(s.window, s.one_sided, s.dilation)))
+        return groups
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
+                cache: KVCache | None = None) -> Tensor:
+        """``(B, L, E)`` -> ``(B, L, E)``: :meth:`context` through the output projection."""
+        return self.out(self.context(x, lengths, global_idx, cache))
+
+    def context(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
+                cache: KVCache | None = None) -> Tensor:
+        """Args:
+            x: ``(B, L, E)``.
+            lengths: ``(B,)`` valid positions per element (keys beyond are masked), or None.
+            global_idx: positions with global attention (shared by the batch).
+            cache: decoding cache (causal windows only; no global tokens).
+        Returns:
+            ``(B, L, E)`` concatenated head outputs, before the output projection.
+        """
+        B, L, E = x.shape
+        gidx = sorted({int(i) for i in global_idx if 0 <= int(i) < L}) if self.has_global else []
+        names = ["query", "key", "value"] + (["key_global", "value_global"] if gidx else [])
+        # One packed matmul for all full-length projections: fewer passes over x.
+        w = torch.cat([getattr(self, n).weight for n in names])
+        b = torch.cat([getattr(self, n).bias for n in names])
+        proj = F.linear(x, w, b).split(E, dim=-1)
+        q, k, v = (self.heads(t) for t in proj[:3])
+        if cache is not None and gidx:
+            raise ValueError("global tokens have no incremental decoding (they see every later position)")
+        out = self.attend(q, k, v, lengths, cache, gidx, self._patterns())
+        if gidx:  # rows of global tokens: their own projections, all valid keys
+            sel = torch.tensor(gidx, device=x.device)
+            # The global query is only needed at the global rows.
+            qg = x.new_zeros(B, L, E).index_copy(1, sel, self.query_global(x.index_select(1, sel)))
+            qg, kg = self.positions.rotate(self.heads(qg)), self.positions.rotate(self.heads(proj[3]))
+            out = global_rows(out, qg, kg, self.heads(proj[4]), gidx, lengths)
+        return self.merge(out)

@@ -1,0 +1,36 @@
+"""Multi-head self-attention (Vaswani et al. 2017, "Attention Is All You Need") over any
+backbone pattern, kernel and positions: ``model.attention.type=mhsa``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from tsformer.nn.attention.base import AttentionLayer, AttentionSpec, rename_keys
+from tsformer.nn.decoding import KVCache
+
+
+class MultiHeadSelfAttention(AttentionLayer):
+    """Packed q/k/v projection, attention through the configured kernel, output projection.
+
+    Args:
+        d_model: model width. n_heads: heads (``d_model % n_heads == 0``).
+        spec: the attention config (pattern, kernel, positions, dropout), or None.
+        **config: config keys instead of ``spec`` (``pattern="window", window=64, ...``).
+    """
+
+    def __init__(self, d_model: int, n_heads: int = 4, spec: AttentionSpec | None = None, **config):
+        super().__init__()
+        self.setup(spec, d_model, n_heads, config)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        # Checkpoints from before positions were a module kept Shaw's table as ``rel_k``.
+        self._register_load_state_dict_pre_hook(rename_keys({"rel_k.": "positions.rel_k."}))
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
+                cache: KVCache | None = None) -> Tensor:
+        """``(B, L, d_model)`` -> ``(B, L, d_model)`` (padded rows: don't care)."""
+        B, L, _ = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.out(self.merge(self.attend(q, k, v, lengths, cache, global_idx)))
