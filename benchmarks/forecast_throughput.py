@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from tsformer.data.csv_forecasting import CSVForecastingDataModule
 from tsformer.forecast import predict_frame
+from tsformer.train import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def main() -> None:
     dm.load_state_dict(state)
     dm.setup("predict")
     prep = time.perf_counter() - t0
-    cfg = OmegaConf.load(ROOT / "conf" / "model" / "logsparse.yaml")
+    cfg = compose_config(["model=logsparse"]).model
     torch.manual_seed(0)
     net = instantiate(cfg, _convert_="all", **dm.model_kwargs())
     if a.device == "cuda":

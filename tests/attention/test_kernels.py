@@ -74,6 +74,20 @@ def _serves(kernel: str, q, k, v, pattern) -> bool:
     return get_kernel(kernel).supports(q, k, v, pattern) is None
 
 
+def _must_serve(kernel: str, q, pattern) -> bool:
+    """What each kernel is declared to serve here (a refusal of these fails the test):
+    everything, except ``sparse`` (LogSparse and windows only) and ``flex`` (no backward on
+    CPU)."""
+    core = unwrap(pattern)[0]
+    if kernel == "sparse":
+        return isinstance(core, (LogSparse, SlidingWindow))
+    if kernel in ("logsparse", "window"):
+        return isinstance(core, LogSparse if kernel == "logsparse" else SlidingWindow)
+    if kernel == "flex":
+        return q.device.type == "cuda" or not q.requires_grad
+    return True
+
+
 def _with_global_rows(out, pattern, gqkv):
     """Longformer's global projections: rows of global tokens recomputed from ``gqkv``
     (the layer's business, after any kernel)."""
@@ -85,6 +99,7 @@ def _check(kernel, pattern, L, device="cpu", global_qkv=False, grad=True):
     q, k, v = _inputs(L, device=device, grad=grad)
     gqkv = _inputs(L, device=device, grad=grad, seed=7) if global_qkv else None
     if not _serves(kernel, q, k, v, pattern):
+        assert not _must_serve(kernel, q, pattern), get_kernel(kernel).supports(q, k, v, pattern)
         with pytest.raises(ValueError):
             attention(q, k, v, pattern, kernel=kernel)
         return

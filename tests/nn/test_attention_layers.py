@@ -164,3 +164,53 @@ def test_forecaster_cache_serves_other_attention_types():
     a = m.sample(x, cov, sid, num_samples=4, generator=torch.Generator().manual_seed(3))
     b = m.sample_reference(x, cov, sid, num_samples=4, generator=torch.Generator().manual_seed(3))
     assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["rotary", "relative"])
+def test_char_lm_generation_with_cache_equals_recompute(positions):
+    from tsformer.nn.decoding import generate_tokens
+
+    torch.manual_seed(0)
+    lm = LongformerCharLM(vocab_size=12, d_model=16, n_heads=2, n_layers=2, d_ff=32, window=[4, 8],
+                          dilation=[1, 2], dilated_heads=1, max_tokens=64, positions=positions).eval()
+    prompt = torch.randint(1, 12, (2, 9))
+    fast = generate_tokens(lm, prompt, 40, temperature=0.0, max_context=64)
+    slow = generate_tokens(lm, prompt, 40, temperature=0.0, cache=False, max_context=64)
+    assert fast.shape == (2, 49) and torch.equal(fast, slow)
+    sampled = generate_tokens(lm, prompt, 40, generator=torch.Generator().manual_seed(1), max_context=64)
+    again = generate_tokens(lm, prompt, 40, generator=torch.Generator().manual_seed(1), cache=False, max_context=64)
+    assert torch.equal(sampled, again)
+    with pytest.raises(ValueError, match="exceed the model's 64 positions"):
+        generate_tokens(lm, prompt, 60, max_context=64)
+
+
+def test_multi_query_attention_is_mhsa_with_one_shared_key_value_head():
+    """The README's worked example: MQA equals multi-head attention whose per-head key and
+    value projections are all the same one (Shazeer 2019)."""
+    from tsformer.nn.attention import MultiQueryAttention
+
+    torch.manual_seed(0)
+    cfg = {"pattern": "window", "window": 5, "positions": "rotary", "kernel": "sparse"}
+    mqa = build_attention({"type": "mqa", **cfg}, 16, 4).eval()
+    assert isinstance(mqa, MultiQueryAttention)
+    mhsa = MultiHeadSelfAttention(16, 4, **{**cfg, "kernel": "reference"}).eval()
+    D = 4
+    with torch.no_grad():
+        wk, wv = mqa.kv.weight[:D], mqa.kv.weight[D:]
+        bk, bv = mqa.kv.bias[:D], mqa.kv.bias[D:]
+        mhsa.qkv.weight.copy_(torch.cat([mqa.q.weight, wk.repeat(4, 1), wv.repeat(4, 1)]))
+        mhsa.qkv.bias.copy_(torch.cat([mqa.q.bias, bk.repeat(4), bv.repeat(4)]))
+        mhsa.out.load_state_dict(mqa.out.state_dict())
+    x, lengths = torch.randn(2, 13, 16), torch.tensor([13, 7])
+    out = mqa(x, lengths)
+    assert_close(out, mhsa(x, lengths), rtol=1e-4, atol=1e-5)
+    out.sum().backward()  # gradients reach the shared head through the broadcast views
+    assert mqa.kv.weight.grad.abs().sum() > 0
+    # It decodes on the shared cache like any other causal layer.
+    net = ConvTransformerForecaster(2, 1, d_model=16, n_heads=4, n_layers=1, d_ff=16, dropout=0.0,
+                                    attention={"type": "mqa", "pattern": "causal"}).eval()
+    g = torch.Generator().manual_seed(0)
+    xs, cov, sid = torch.randn(1, 12, generator=g), torch.randn(1, 15, 1, generator=g), torch.tensor([1])
+    a = net.sample(xs, cov, sid, num_samples=3, generator=torch.Generator().manual_seed(2))
+    b = net.sample_reference(xs, cov, sid, num_samples=3, generator=torch.Generator().manual_seed(2))
+    assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -18,20 +18,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 
 @dataclass
 class KVCache:
-    """Keys and values of one attention layer: a shared prefix plus per-path suffixes.
+    """Keys and values of one attention layer.
+
+    With one path per element (``repeat == 1``: a prompt) they sit in one buffer, so the
+    attention kernels serve the step directly (queries aligned with the last keys). With
+    ``R`` paths per element (forecast sample paths) the prefix is kept once and shared, and
+    each path gets a suffix buffer of its own
+    (:func:`tsformer.attention.split.split_attention` joins them in one softmax).
 
     Attributes:
         batch: ``B``, the batch elements (series, prompts).
         repeat: ``R``, paths per batch element. Step inputs are ``(B * R, l, d)``, path-major
             within each element (row ``b * R + r``).
         max_len: longest sequence (prefix included) the cache must hold.
-        prefix_k, prefix_v: ``(B, H, P, D)`` or None before the prefill.
-        suffix_k, suffix_v: ``(B, H, R, max_len - P, D)`` buffers, the first ``n`` filled.
+        prefix_len: positions of the prefix (0 before the prefill).
         n: positions decoded after the prefix.
         state: layer-specific extras (e.g. ``"tail"``, a convolution's last inputs).
     """
@@ -39,55 +45,81 @@ class KVCache:
     batch: int
     repeat: int
     max_len: int
-    prefix_k: Tensor | None = None
-    prefix_v: Tensor | None = None
-    suffix_k: Tensor | None = None
-    suffix_v: Tensor | None = None
+    prefix_len: int = 0
     n: int = 0
     state: dict[str, Any] = field(default_factory=dict)
+    _k: Tensor | None = field(default=None, repr=False)  # (B, H, max_len, D), or the prefix (B, H, P, D)
+    _v: Tensor | None = field(default=None, repr=False)
+    _sk: Tensor | None = field(default=None, repr=False)  # (B, H, R, max_len - P, D) when R > 1
+    _sv: Tensor | None = field(default=None, repr=False)
 
     @property
     def length(self) -> int:
         """Positions held (prefix and suffix)."""
-        return (0 if self.prefix_k is None else self.prefix_k.shape[-2]) + self.n
+        return self.prefix_len + self.n
 
     @property
     def prefilled(self) -> bool:
-        return self.prefix_k is not None
+        return self._k is not None
+
+    @property
+    def shared(self) -> bool:
+        """Whether paths share a prefix and keep suffixes of their own (``repeat > 1``)."""
+        return self.repeat > 1
 
     def set_prefix(self, k: Tensor, v: Tensor) -> None:
-        """Store the prefix's keys and values ``(B, H, P, D)`` and allocate the suffixes."""
+        """Store the prefix's keys and values ``(B, H, P, D)`` and allocate the rest."""
         B, H, P, D = k.shape
         if B != self.batch:
             raise ValueError(f"prefix of batch {B} for a cache of batch {self.batch}")
         if P > self.max_len:
             raise ValueError(f"prefix of {P} positions is longer than the cache's max_len={self.max_len}")
-        self.prefix_k, self.prefix_v = k, v
-        rest = self.max_len - P
-        self.suffix_k = k.new_zeros(B, H, self.repeat, rest, D)
-        self.suffix_v = v.new_zeros(B, H, self.repeat, rest, v.shape[-1])
-        self.n = 0
+        self.prefix_len, self.n = P, 0
+        if self.shared:
+            self._k, self._v = k, v
+            self._sk = k.new_zeros(B, H, self.repeat, self.max_len - P, D)
+            self._sv = v.new_zeros(B, H, self.repeat, self.max_len - P, v.shape[-1])
+        else:
+            self._k = k.new_empty(B, H, self.max_len, D)
+            self._v = v.new_empty(B, H, self.max_len, v.shape[-1])
+            self._k[:, :, :P], self._v[:, :, :P] = k, v
 
     def append(self, k: Tensor, v: Tensor) -> None:
         """Add ``l`` new positions of every path: ``k, v`` are ``(B * R, H, l, D)``."""
         BR, H, lq, D = k.shape
         B, R = self.batch, self.repeat
-        if self.n + lq > self.suffix_k.shape[-2]:
+        if self.length + lq > self.max_len:
             raise ValueError(f"cache full: {self.length} + {lq} positions exceed max_len={self.max_len}")
-        self.suffix_k[:, :, :, self.n : self.n + lq] = k.view(B, R, H, lq, D).transpose(1, 2)
-        self.suffix_v[:, :, :, self.n : self.n + lq] = v.view(B, R, H, lq, -1).transpose(1, 2)
+        if self.shared:
+            self._sk[:, :, :, self.n : self.n + lq] = k.view(B, R, H, lq, D).transpose(1, 2)
+            self._sv[:, :, :, self.n : self.n + lq] = v.view(B, R, H, lq, -1).transpose(1, 2)
+        else:
+            t = self.length
+            self._k[:, :, t : t + lq], self._v[:, :, t : t + lq] = k, v
         self.n += lq
 
+    def keys_values(self) -> tuple[Tensor, Tensor]:
+        """All keys and values ``(B, H, length, D)`` (one path per element only)."""
+        if self.shared:
+            raise ValueError("a cache shared by several paths has no single key sequence; use prefix() and suffix()")
+        return self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+    def prefix(self) -> tuple[Tensor, Tensor]:
+        """The shared prefix ``(B, H, P, D)``."""
+        return (self._k, self._v) if self.shared else (self._k[:, :, : self.prefix_len], self._v[:, :, : self.prefix_len])
+
     def suffix(self) -> tuple[Tensor, Tensor]:
-        """Filled suffix views ``(B, H, R, n, D)``."""
-        return self.suffix_k[:, :, :, : self.n], self.suffix_v[:, :, :, : self.n]
+        """Each path's keys and values after the prefix, ``(B, H, R, n, D)`` views."""
+        if self.shared:
+            return self._sk[:, :, :, : self.n], self._sv[:, :, :, : self.n]
+        P, t = self.prefix_len, self.length
+        return self._k[:, :, None, P:t], self._v[:, :, None, P:t]
 
     def truncate(self, length: int) -> None:
         """Forget positions from ``length`` on (a rejected guess of parallel decoding)."""
-        P = self.length - self.n
-        if not P <= length <= self.length:
-            raise ValueError(f"can only truncate the suffix: {length} not in [{P}, {self.length}]")
-        self.n = length - P
+        if not self.prefix_len <= length <= self.length:
+            raise ValueError(f"can only truncate the suffix: {length} not in [{self.prefix_len}, {self.length}]")
+        self.n = length - self.prefix_len
 
 
 @dataclass
@@ -139,5 +171,61 @@ def expand_paths(x: Tensor, repeat: int) -> Tensor:
     return x.repeat_interleave(repeat, 0) if repeat > 1 else x
 
 
-__all__ = ["DecodeCache", "KVCache", "expand_paths"]
 
+
+
+@torch.no_grad()
+def generate_tokens(
+    net,
+    prompt: Tensor,
+    steps: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    cache: bool = True,
+    max_context: int | None = None,
+) -> Tensor:
+    """Sample ``steps`` tokens after ``prompt`` from a causal token model.
+
+    ``net(tokens, cache=...)`` gives ``(B, L, V)`` next-token logits, and
+    ``net.new_cache(batch, max_len)`` an empty :class:`DecodeCache`. With ``cache`` the
+    prompt is encoded once and each new token costs one position per layer; without it
+    every step re-runs the last ``max_context`` tokens (the reference twin, for tests and
+    timing).
+
+    Args:
+        prompt: ``(B, L)`` token ids.
+        temperature: softmax temperature; 0 is greedy (argmax).
+        max_context: longest input the model takes (None: no limit). With the cache the
+            prompt plus continuation must fit; without it the window slides.
+    Returns:
+        ``(B, L + steps)``.
+    """
+    x = prompt
+
+    def pick(logits: Tensor) -> Tensor:
+        if temperature <= 0:
+            return logits.argmax(-1, keepdim=True)
+        return torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)
+
+    if not cache:
+        for _ in range(steps):
+            ctx = x if max_context is None else x[:, -max_context:]
+            x = torch.cat([x, pick(net(ctx)[:, -1].float())], dim=1)
+        return x
+    total = x.shape[1] + steps
+    if max_context is not None and total > max_context:
+        raise ValueError(
+            f"prompt ({x.shape[1]}) + {steps} steps exceed the model's {max_context} positions; "
+            "generate without the cache (cache=False) to slide the window"
+        )
+    state = net.new_cache(x.shape[0], total)
+    logits = net(x, cache=state)[:, -1]
+    for _ in range(steps):
+        nxt = pick(logits.float())
+        x = torch.cat([x, nxt], dim=1)
+        if x.shape[1] < total:
+            logits = net(nxt, cache=state)[:, -1]
+    return x
+
+
+__all__ = ["DecodeCache", "KVCache", "expand_paths", "generate_tokens"]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.metrics import bits_per_character
+from tsformer.nn.decoding import generate_tokens
 from tsformer.tasks.hooks import StagedEvalHooks
 from tsformer.tasks.optim import adamw_warmup_cosine
 
@@ -67,10 +68,15 @@ class CharLMModule(StagedEvalHooks, pl.LightningModule):
             checkpoint["char_vocab"] = dm.vocab.chars
 
     @torch.no_grad()
-    def generate(self, prompt: Tensor, steps: int, temperature: float = 1.0) -> Tensor:
-        """Sample ``steps`` characters after ``prompt (1, L)`` ids (full recompute per step)."""
-        x = prompt
-        for _ in range(steps):
-            logits = self.net(x[:, -self.net.encoder.max_tokens :])[:, -1] / max(temperature, 1e-6)
-            x = torch.cat([x, torch.multinomial(logits.softmax(-1), 1)], dim=1)
-        return x
+    def generate(self, prompt: Tensor, steps: int, temperature: float = 1.0,
+                 generator: torch.Generator | None = None, cache: bool | None = None) -> Tensor:
+        """Sample ``steps`` characters after ``prompt (B, L)`` ids (temperature 0: greedy).
+
+        ``cache`` (default: when prompt and continuation fit the model's ``max_tokens``)
+        encodes the prompt once and each new character as one position per layer; without
+        it every step re-runs the last ``max_tokens`` characters.
+        """
+        max_tokens = self.net.encoder.max_tokens
+        if cache is None:
+            cache = prompt.shape[1] + steps <= max_tokens
+        return generate_tokens(self.net, prompt[:, -max_tokens:], steps, temperature, generator, cache, max_tokens)

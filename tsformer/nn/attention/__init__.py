@@ -14,6 +14,7 @@ key goes to that type's constructor. Layers share one calling convention,
 ``conv``       :class:`ConvSelfAttention`              Li et al. 2019 (LogSparse)
 ``lsra``       :class:`LSRA`                           Wu et al. 2020 (Lite Transformer)
 ``longformer`` :class:`LongformerSelfAttention`        Beltagy et al. 2020
+``mqa``        :class:`MultiQueryAttention`            Shazeer 2019
 =============  ======================================  ============================
 """
 
@@ -28,12 +29,14 @@ from tsformer.nn.attention.conv import ConvSelfAttention
 from tsformer.nn.attention.longformer import LongformerSelfAttention
 from tsformer.nn.attention.lsra import LSRA, DynamicConv, LightweightConv
 from tsformer.nn.attention.mhsa import MultiHeadSelfAttention
+from tsformer.nn.attention.mqa import MultiQueryAttention
 
 ATTENTION_LAYERS: dict[str, type[AttentionLayer]] = {
     "mhsa": MultiHeadSelfAttention,
     "conv": ConvSelfAttention,
     "lsra": LSRA,
     "longformer": LongformerSelfAttention,
+    "mqa": MultiQueryAttention,
 }
 """Attention layer types by config name (``model.attention.type``)."""
 
@@ -114,6 +117,7 @@ __all__ = [
     "LightweightConv",
     "LongformerSelfAttention",
     "MultiHeadSelfAttention",
+    "MultiQueryAttention",
     "Positions",
     "build_attention",
     "register_attention",

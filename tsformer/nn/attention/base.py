@@ -70,7 +70,8 @@ class AttentionSpec:
         """Parse ``model.attention``; ``defaults`` fill keys the config does not set."""
         if isinstance(cfg, AttentionSpec):
             return cfg
-        raw = {cls.ALIASES.get(k, k): v for k, v in dict(cfg or {}).items()}
+        # null in a config means "the network's default".
+        raw = {cls.ALIASES.get(k, k): v for k, v in dict(cfg or {}).items() if v is not None}
         known = {f.name for f in fields(cls)} - {"options"}
         merged = {**defaults, **raw}
         spec = cls(**{k: v for k, v in merged.items() if k in known})
@@ -221,15 +222,21 @@ class AttentionLayer(nn.Module):
             outs.append(attention(qh, kh, vh, pattern, kernel=self.spec.kernel, dropout_p=dropout, bias=bias))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
-    @staticmethod
-    def _attend_cache(q: Tensor, cache: KVCache, heads: slice, pattern: Pattern, bias: ScoreBias | None) -> Tensor:
-        """``q (B R, h, l, D)`` over the cached prefix and each path's suffix (heads ``heads``)."""
+    def _attend_cache(self, q: Tensor, cache: KVCache, heads: slice, pattern: Pattern,
+                      bias: ScoreBias | None) -> Tensor:
+        """``q (B R, h, l, D)``, the newest ``l`` positions, over the cached keys (heads ``heads``).
+
+        One path per element: the configured kernel over the cache's key sequence, queries
+        aligned with its last keys. Several paths: the shared prefix plus each path's suffix.
+        """
+        if not cache.shared:
+            k, v = cache.keys_values()
+            return attention(q, k[:, heads], v[:, heads], pattern, kernel=self.spec.kernel, bias=bias)
         BR, H, lq, D = q.shape
         B, R = cache.batch, cache.repeat
-        sk, sv = cache.suffix()
+        (pk, pv), (sk, sv) = cache.prefix(), cache.suffix()
         qp = q.view(B, R, H, lq, D).transpose(1, 2)  # (B, h, R, l, D)
-        out = split_attention(qp, cache.prefix_k[:, heads], cache.prefix_v[:, heads], sk[:, heads], sv[:, heads],
-                              pattern, bias=bias)
+        out = split_attention(qp, pk[:, heads], pv[:, heads], sk[:, heads], sv[:, heads], pattern, bias=bias)
         return out.transpose(1, 2).reshape(BR, H, lq, -1)
 
     @staticmethod
