@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import make_long_csv
-from tsformer.train import compose_config, train
+from tsformer.train import CONF_DIR, compose_config, train
 
 TINY = [
     "data.context_length=48",
@@ -40,6 +40,35 @@ def test_config_composes_with_defaults():
     assert cfg.data.path.endswith("data/electricity/df_electricity_sample.csv.gz")
     cfg = compose_config(["model=transformer", "trainer.gradient_clip_algorithm=value"])
     assert cfg.model.attention.pattern == "causal" and cfg.trainer.gradient_clip_algorithm == "value"
+
+
+# Per task family (the LightningModule): the network family that fits it, and constructor
+# arguments like the ones the family's DataModule.model_kwargs() gives.
+FAMILIES = {
+    "tsformer.tasks.forecasting.ForecastingModule": (
+        ("tsformer.nn.conv_transformer.ConvTransformerForecaster", "tsformer.nn.patch_forecaster.PatchForecaster"),
+        {"num_series": 3, "num_covariates": 5}),
+    "tsformer.tasks.asr.ASRModule": (
+        ("tsformer.nn.conformer.ConformerCTC",),
+        {"input_dim": 13, "vocab_size": 30, "cmvn_mean": None, "cmvn_std": None, "specaugment": None}),
+    "tsformer.tasks.textcls.TextClassificationModule": (
+        ("tsformer.nn.longformer.LongformerClassifier",), {"vocab_size": 100, "num_classes": 2}),
+    "tsformer.tasks.charlm.CharLMModule": (("tsformer.nn.longformer.LongformerCharLM",), {"vocab_size": 40}),
+    "tsformer.tasks.mlm.MaskedLMModule": (("tsformer.nn.longformer.LongformerMaskedLM",), {"vocab_size": 100}),
+}
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml")))
+def test_every_task_picks_a_fitting_default_model(task):
+    """`python -m tsformer.train task=<task>` with no model override builds a network of the
+    task's family (the forecaster's constructor once got the speech tasks' arguments)."""
+    from hydra.utils import get_class, instantiate
+
+    cfg = compose_config([f"task={task}"])
+    assert cfg.module._target_ in FAMILIES, f"{task}: no family for {cfg.module._target_}; add it here"
+    fitting, data_kwargs = FAMILIES[cfg.module._target_]
+    net = instantiate(cfg.model, _convert_="all", **data_kwargs)
+    assert isinstance(net, tuple(get_class(name) for name in fitting)), (task, cfg.model._target_)
 
 
 def test_every_trainer_argument_is_overridable():
