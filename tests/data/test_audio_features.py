@@ -1,8 +1,8 @@
-"""Log-mel features, SpecAugment masks, tokenizers."""
+"""Log-mel features, tokenizers."""
 
 import torch
 
-from tsformer.data.audio import LogMelFilterbank, SpecAugment, feature_stats, speed_perturb
+from tsformer.data.audio import LogMelFilterbank, feature_stats, speed_perturb
 from tsformer.data.tokenizers import (
     CharTokenizer,
     SentencePieceTokenizer,
@@ -20,30 +20,6 @@ def test_speed_perturb_changes_length():
     x = torch.randn(16000)
     assert abs(speed_perturb(x, 1.1).shape[0] - 16000 / 1.1) < 5
     assert speed_perturb(x, 1.0) is x
-
-
-def test_specaugment_masks_within_limits_and_lengths():
-    sa = SpecAugment(freq_masks=2, freq_width=5, time_masks=2, time_width=10)
-    x = torch.ones(3, 50, 20)
-    lengths = torch.tensor([50, 30, 12])
-    g = torch.Generator().manual_seed(0)
-    m = sa.mask(x, lengths, g)
-    assert m.shape == x.shape
-    for b in range(3):
-        fm = m[b].all(0)  # frequency bins masked at every frame
-        assert fm.sum() <= 10
-        tm = m[b][:, ~fm].all(1) if (~fm).any() else m[b].all(1)
-        assert tm.sum() <= 20
-        assert not tm[int(lengths[b]):].any()  # time masks stay inside the utterance
-    sa.eval()
-    assert torch.equal(sa(x, lengths), x)  # identity at evaluation
-
-
-def test_specaugment_masks_something_in_training():
-    sa = SpecAugment(freq_masks=2, freq_width=5, time_masks=2, time_width=10).train()
-    torch.manual_seed(0)
-    y = sa(torch.ones(4, 50, 20), torch.full((4,), 50))
-    assert 0 < (y == 0).float().mean() < 0.8
 
 
 def test_feature_stats():

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsformer.data.audio import GlobalCMVN, SpecAugment
 from tsformer.nn.attention import build_attention
+from tsformer.nn.audio import GlobalCMVN, SpecAugment
 
 
 def valid_mask(lengths: Tensor, L: int) -> Tensor:
