@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tsformer.data.readers import DataError
+from tsformer.data.samplers import BucketBatchSampler
 from tsformer.data.text import (
     CLS_ID,
-    BucketBatchSampler,
     CharLMDataModule,
     CharVocab,
     SentencePieceTokenizer,

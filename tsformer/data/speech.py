@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from tsformer.data.audio import LogMelFilterbank, feature_stats, load_audio, speed_perturb
 from tsformer.data.readers import DataError
-from tsformer.data.samplers import RankBatches
+from tsformer.data.samplers import BucketBatchSampler, RankBatches
 from tsformer.data.tokenizers import Tokenizer, build_tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -90,38 +90,6 @@ class UtteranceDataset(Dataset):
         else:
             feats = self.extract(u.path, speed)
         return {"feats": feats, "targets": self.targets[i], "text": normalize_text(u.text), "id": u.id}
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Random batches of similar lengths: shuffle, sort pools of ``pool`` batches by
-    length, cut into batches, shuffle the batches. Cuts padding (and CPU time) several-fold.
-
-    Args:
-        lengths: length of each item (frames).
-        batch_size: items per batch.
-        pool: batches per sorted pool (1: plain random batches).
-        seed: base seed; the epoch is added so every epoch differs.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, pool: int = 50, seed: int = 0):
-        self.lengths, self.batch_size, self.pool, self.seed = list(lengths), batch_size, pool, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
-        idx = list(range(len(self.lengths)))
-        rng.shuffle(idx)
-        batches = []
-        step = self.batch_size * self.pool
-        for p in range(0, len(idx), step):
-            chunk = sorted(idx[p : p + step], key=lambda i: self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        return iter(batches)
 
 
 def collate(items: list[dict]) -> dict:
@@ -245,7 +213,7 @@ class SpeechDataModule(pl.LightningDataModule):
     def _loader(self, part: str, train: bool = False) -> DataLoader:
         lengths = self._lengths(part)
         if train:
-            sampler = BucketBatchSampler(lengths, self.batch_size, self.bucket_pool, seed=self.seed)
+            sampler = BucketBatchSampler(lengths, self.batch_size, seed=self.seed, pool=self.bucket_pool)
         else:  # sorted by length: less padding; the order does not change the metrics
             order = sorted(range(len(lengths)), key=lambda i: lengths[i])
             sampler = [order[i : i + self.eval_batch_size] for i in range(0, len(order), self.eval_batch_size)]

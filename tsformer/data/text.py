@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from tsformer.data.readers import DataError
-from tsformer.data.samplers import RankBatches, ShardedSampler
+from tsformer.data.samplers import BucketBatchSampler, RankBatches, ShardedSampler
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -500,32 +500,6 @@ def collate_docs(items: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]
         "lengths": torch.tensor([len(d) for d, _ in items], dtype=torch.long),
         "labels": torch.tensor([y for _, y in items], dtype=torch.long),
     }
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar length: shuffle, sort within pools of ``pool`` batches, shuffle
-    the batches. Cuts padding waste on long, variable documents."""
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0, pool: int = 50):
-        self.lengths, self.batch_size, self.shuffle, self.seed, self.pool = lengths, batch_size, shuffle, seed, pool
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self):
-        rng = np.random.default_rng(self.seed + self.epoch)
-        self.epoch += 1
-        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
-        batches = []
-        step = self.batch_size * self.pool
-        for s in range(0, len(order), step):
-            chunk = order[s : s + step]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return iter(batches)
 
 
 class TextClassificationDataModule(pl.LightningDataModule):
