@@ -10,10 +10,7 @@ import pytest
 from tsformer.data.readers import DataError
 from tsformer.data.samplers import BucketBatchSampler
 from tsformer.data.text import (
-    CLS_ID,
     CharLMDataModule,
-    CharVocab,
-    SentencePieceTokenizer,
     TextClassificationDataModule,
     TilingWindows,
     assign_splits,
@@ -27,6 +24,7 @@ from tsformer.data.text import (
     stratified_folds,
     stratified_split,
 )
+from tsformer.data.tokenizers import CLS_ID, CharVocab, SentencePieceTokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tsformer.data.text import SentencePieceTokenizer
+from tsformer.data.tokenizers import SentencePieceTokenizer
 from tsformer.nn.longformer import LongformerClassifier, LongformerMaskedLM
 from tsformer.train import compose_config, init_weights_from, train
 

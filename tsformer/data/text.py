@@ -1,4 +1,4 @@
-"""Long-document readers, splits, a SentencePiece tokenizer and the text DataModules.
+"""Long-document readers, splits and the text DataModules.
 
 Readers (each returns a :class:`TextTable`: texts, labels, and a split per document when
 the source fixes one):
@@ -17,7 +17,6 @@ Bad input raises :class:`~tsformer.data.readers.DataError` naming the file and r
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import re
@@ -33,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tsformer.data.readers import DataError
 from tsformer.data.samplers import BucketBatchSampler, RankBatches, ShardedSampler
+from tsformer.data.tokenizers import CLS_ID, CharVocab, SentencePieceTokenizer
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -398,79 +398,6 @@ def assign_splits(table: TextTable, val_fraction: float, test_fraction: float, s
     return out
 
 
-# -- SentencePiece ---------------------------------------------------------------------------
-PAD_ID, UNK_ID, CLS_ID, EOS_ID = 0, 1, 2, 3
-
-
-class SentencePieceTokenizer:
-    """A SentencePiece unigram model (Kudo & Richardson 2018) trained on the training split.
-
-    Ids 0..3 are ``<pad>``, ``<unk>``, ``<cls>`` (SentencePiece's BOS slot, used as the
-    classification token) and ``</s>``. :meth:`to_bytes`/:meth:`from_bytes` carry the model
-    inside a checkpoint.
-    """
-
-    def __init__(self, proto: bytes):
-        import sentencepiece as spm
-
-        self.proto = bytes(proto)
-        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
-
-    @classmethod
-    def train(cls, texts: list[str], vocab_size: int = 8000, model_type: str = "unigram",
-              max_sentences: int = 300_000, seed: int = 0) -> SentencePieceTokenizer:
-        """Train on ``texts`` (a sample of at most ``max_sentences`` lines)."""
-        import sentencepiece as spm
-
-        lines = [ln.strip() for t in texts for ln in t.splitlines() if ln.strip()]
-        if len(lines) > max_sentences:
-            rng = np.random.default_rng(seed)
-            lines = [lines[i] for i in sorted(rng.choice(len(lines), max_sentences, replace=False))]
-        buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=buf, vocab_size=int(vocab_size),
-            model_type=model_type, hard_vocab_limit=False, character_coverage=0.9995,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=CLS_ID, eos_id=EOS_ID, bos_piece="<cls>",
-            max_sentence_length=1 << 16, num_threads=1, minloglevel=2,
-        )
-        return cls(buf.getvalue())
-
-    def to_bytes(self) -> bytes:
-        return self.proto
-
-    @classmethod
-    def from_bytes(cls, proto: bytes) -> SentencePieceTokenizer:
-        return cls(proto)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SentencePieceTokenizer:
-        """From a checkpoint that carries ``sentencepiece_model`` or a SentencePiece ``.model`` file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer: {path} does not exist (a .ckpt with a SentencePiece model, or a "
-                                    f".model file)")
-        if path.suffix == ".model":
-            return cls(path.read_bytes())
-        import torch
-
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("sentencepiece_model"), bytes):
-            raise ValueError(f"{path}: no sentencepiece_model in this checkpoint (one written by a text task, "
-                             f"e.g. task=mlm, has it)")
-        return cls(ckpt["sentencepiece_model"])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.sp.get_piece_size())
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids (no special tokens) per text."""
-        return self.sp.encode(list(texts), out_type=int)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.sp.decode([int(i) for i in ids if int(i) > EOS_ID])
-
-
 # -- datasets and batching -------------------------------------------------------------------
 class TokenizedDocs(Dataset):
     """Token ids per document (``<cls>`` first, at most ``max_tokens``) and label ids."""
@@ -630,27 +557,6 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
 
 # -- character language modelling ------------------------------------------------------------
-class CharVocab:
-    """Characters of the training text; id 0 is reserved for unseen characters."""
-
-    def __init__(self, chars: str):
-        self.chars = chars
-        self.index = {c: i + 1 for i, c in enumerate(chars)}
-
-    @classmethod
-    def fit(cls, text: str) -> CharVocab:
-        return cls("".join(sorted(set(text))))
-
-    def __len__(self) -> int:
-        return len(self.chars) + 1
-
-    def encode(self, text: str) -> np.ndarray:
-        return np.fromiter((self.index.get(c, 0) for c in text), dtype=np.int64, count=len(text))
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i - 1] if 0 < i <= len(self.chars) else "\ufffd" for i in ids)
-
-
 class RandomWindows(Dataset):
     """Every window of ``context + 1`` characters (inputs and shifted targets); item ``i``
     starts at character ``i``. The sampler draws ``samples`` of them per epoch, so the

@@ -1,28 +1,79 @@
-"""Tokenizers for CTC speech recognition: characters and SentencePiece (unigram / BPE).
+"""Tokenizers of every task family, and what they keep in a checkpoint.
 
-Id 0 is always the CTC blank. A tokenizer round-trips through :meth:`Tokenizer.state`, a
-dict of plain Python types, so it can live inside a weights-only checkpoint.
+- Speech (CTC), id 0 the blank: :class:`CharTokenizer` and :class:`CTCSentencePieceTokenizer`
+  (unigram / BPE), both :class:`Tokenizer`. Transcripts are normalised (:func:`normalize_text`);
+  a tokenizer round-trips through :meth:`Tokenizer.state`, a dict of plain Python types kept
+  in a weights-only checkpoint (``checkpoint["asr"]["tokenizer"]``).
+- Documents: :class:`SentencePieceTokenizer`, ids 0..3 ``<pad>``, ``<unk>``, ``<cls>``,
+  ``</s>``; its model bytes are ``checkpoint["sentencepiece_model"]``.
+- Character language modelling: :class:`CharVocab`, id 0 for unseen characters; its
+  characters are ``checkpoint["char_vocab"]`` (str).
+
+Both SentencePiece tokenizers train through :func:`train_sentencepiece` and hold the
+serialized model proto; both character tokenizers number their characters from 1.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import logging
 from collections.abc import Iterable
+from pathlib import Path
 
-log = logging.getLogger(__name__)
+import numpy as np
 
 BLANK = 0
+PAD_ID, UNK_ID, CLS_ID, EOS_ID = 0, 1, 2, 3
 
 
+# -- shared parts ----------------------------------------------------------------------------
+def train_sentencepiece(lines: Iterable[str], vocab_size: int, model_type: str = "unigram", **options) -> bytes:
+    """Train a SentencePiece model (Kudo & Richardson 2018) on ``lines``; the serialized proto.
+
+    ``vocab_size`` is a soft limit (small corpora cannot fill a large vocabulary);
+    ``options`` are further ``SentencePieceTrainer`` settings (special ids, coverage, ...).
+    """
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=int(vocab_size), model_type=model_type,
+        hard_vocab_limit=False, minloglevel=2, **options,
+    )
+    return buf.getvalue()
+
+
+class _SentencePieceModel:
+    """A serialized SentencePiece model (``proto``) and its processor (``sp``)."""
+
+    def __init__(self, proto: bytes):
+        import sentencepiece as spm
+
+        self.proto = bytes(proto)
+        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+
+    def to_bytes(self) -> bytes:
+        return self.proto
+
+
+class _Characters:
+    """Characters in id order, numbered from 1 (0 is the CTC blank or an unseen character);
+    ``vocab_size`` counts id 0."""
+
+    def __init__(self, symbols: Iterable[str]):
+        self.symbols = list(symbols)
+        self.index = {s: i + 1 for i, s in enumerate(self.symbols)}
+        self.vocab_size = len(self.symbols) + 1
+
+
+# -- speech (CTC) ----------------------------------------------------------------------------
 def normalize_text(text: str) -> str:
     """Upper-case with single spaces, the LibriSpeech / AN4 convention."""
     return " ".join(text.upper().split())
 
 
 class Tokenizer:
-    """Base class. ``vocab_size`` counts the blank."""
+    """Base class of the CTC tokenizers. ``vocab_size`` counts the blank."""
 
     blank = BLANK
     vocab_size: int
@@ -37,17 +88,12 @@ class Tokenizer:
         raise NotImplementedError
 
 
-class CharTokenizer(Tokenizer):
+class CharTokenizer(_Characters, Tokenizer):
     """One id per character (space included); characters unseen in training are dropped.
 
     Args:
         symbols: the characters, in id order (ids start at 1).
     """
-
-    def __init__(self, symbols: list[str]):
-        self.symbols = list(symbols)
-        self.index = {s: i + 1 for i, s in enumerate(self.symbols)}
-        self.vocab_size = len(self.symbols) + 1
 
     @classmethod
     def train(cls, texts: Iterable[str]) -> CharTokenizer:
@@ -64,42 +110,26 @@ class CharTokenizer(Tokenizer):
         return {"type": "char", "symbols": list(self.symbols)}
 
 
-class SentencePieceTokenizer(Tokenizer):
-    """SentencePiece subwords (Kudo & Richardson 2018), ids shifted by one for the blank.
+class CTCSentencePieceTokenizer(_SentencePieceModel, Tokenizer):
+    """SentencePiece subwords for CTC: ``<unk>`` is piece 0 and no other special pieces;
+    ids are the pieces shifted by one for the blank.
 
     Args:
-        model: the serialized SentencePiece model proto.
+        proto: the serialized SentencePiece model.
     """
 
-    def __init__(self, model: bytes):
-        import sentencepiece as spm
-
-        self.model = model
-        self.sp = spm.SentencePieceProcessor(model_proto=model)
+    def __init__(self, proto: bytes):
+        super().__init__(proto)
         self.vocab_size = self.sp.get_piece_size() + 1
 
     @classmethod
     def train(
         cls, texts: Iterable[str], vocab_size: int = 64, model_type: str = "unigram"
-    ) -> SentencePieceTokenizer:
-        import sentencepiece as spm
-
+    ) -> CTCSentencePieceTokenizer:
         if model_type not in ("unigram", "bpe"):
             raise ValueError(f"sentencepiece model_type must be unigram or bpe, got {model_type!r}")
-        buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter([normalize_text(t) for t in texts]),
-            model_writer=buf,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=1.0,
-            bos_id=-1,
-            eos_id=-1,
-            unk_id=0,
-            hard_vocab_limit=False,  # small corpora (digits) cannot fill a large vocabulary
-            minloglevel=2,
-        )
-        return cls(buf.getvalue())
+        return cls(train_sentencepiece([normalize_text(t) for t in texts], vocab_size, model_type,
+                                       character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0))
 
     def encode(self, text: str) -> list[int]:
         return [i + 1 for i in self.sp.encode(normalize_text(text))]
@@ -108,11 +138,11 @@ class SentencePieceTokenizer(Tokenizer):
         return normalize_text(self.sp.decode([int(i) - 1 for i in ids if int(i) > 0]))
 
     def state(self) -> dict:
-        return {"type": "sentencepiece", "model": base64.b64encode(self.model).decode("ascii")}
+        return {"type": "sentencepiece", "model": base64.b64encode(self.proto).decode("ascii")}
 
 
 def build_tokenizer(texts: list[str], type: str = "char", vocab_size: int = 64, model_type: str = "unigram") -> Tokenizer:
-    """Train the configured tokenizer on the training transcripts.
+    """Train the configured CTC tokenizer on the training transcripts.
 
     Args:
         texts: training transcripts.
@@ -122,14 +152,96 @@ def build_tokenizer(texts: list[str], type: str = "char", vocab_size: int = 64, 
     if type == "char":
         return CharTokenizer.train(texts)
     if type == "sentencepiece":
-        return SentencePieceTokenizer.train(texts, vocab_size=vocab_size, model_type=model_type)
+        return CTCSentencePieceTokenizer.train(texts, vocab_size=vocab_size, model_type=model_type)
     raise ValueError(f"unknown tokenizer type {type!r}; choose char or sentencepiece")
 
 
 def tokenizer_from_state(state: dict) -> Tokenizer:
-    """Rebuild a tokenizer from :meth:`Tokenizer.state`."""
+    """Rebuild a CTC tokenizer from :meth:`Tokenizer.state`."""
     if state["type"] == "char":
         return CharTokenizer(state["symbols"])
     if state["type"] == "sentencepiece":
-        return SentencePieceTokenizer(base64.b64decode(state["model"]))
+        return CTCSentencePieceTokenizer(base64.b64decode(state["model"]))
     raise ValueError(f"unknown tokenizer state type {state['type']!r}")
+
+
+# -- documents -------------------------------------------------------------------------------
+class SentencePieceTokenizer(_SentencePieceModel):
+    """A SentencePiece unigram model trained on the training split of a document corpus.
+
+    Ids 0..3 are ``<pad>``, ``<unk>``, ``<cls>`` (SentencePiece's BOS slot, used as the
+    classification token) and ``</s>``. :meth:`to_bytes`/:meth:`from_bytes` carry the model
+    inside a checkpoint.
+    """
+
+    @classmethod
+    def train(cls, texts: list[str], vocab_size: int = 8000, model_type: str = "unigram",
+              max_sentences: int = 300_000, seed: int = 0) -> SentencePieceTokenizer:
+        """Train on ``texts`` (a sample of at most ``max_sentences`` lines)."""
+        lines = [ln.strip() for t in texts for ln in t.splitlines() if ln.strip()]
+        if len(lines) > max_sentences:
+            rng = np.random.default_rng(seed)
+            lines = [lines[i] for i in sorted(rng.choice(len(lines), max_sentences, replace=False))]
+        return cls(train_sentencepiece(
+            lines, vocab_size, model_type, character_coverage=0.9995,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=CLS_ID, eos_id=EOS_ID, bos_piece="<cls>",
+            max_sentence_length=1 << 16, num_threads=1,
+        ))
+
+    @classmethod
+    def from_bytes(cls, proto: bytes) -> SentencePieceTokenizer:
+        return cls(proto)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SentencePieceTokenizer:
+        """From a checkpoint that carries ``sentencepiece_model`` or a SentencePiece ``.model`` file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer: {path} does not exist (a .ckpt with a SentencePiece model, or a "
+                                    f".model file)")
+        if path.suffix == ".model":
+            return cls(path.read_bytes())
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("sentencepiece_model"), bytes):
+            raise ValueError(f"{path}: no sentencepiece_model in this checkpoint (one written by a text task, "
+                             f"e.g. task=mlm, has it)")
+        return cls(ckpt["sentencepiece_model"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.sp.get_piece_size())
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids (no special tokens) per text."""
+        return self.sp.encode(list(texts), out_type=int)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode([int(i) for i in ids if int(i) > EOS_ID])
+
+
+# -- characters (language modelling) ---------------------------------------------------------
+class CharVocab(_Characters):
+    """Characters of the training text; id 0 is reserved for unseen characters.
+
+    Args:
+        chars: the characters, in id order (ids start at 1).
+    """
+
+    def __init__(self, chars: str):
+        super().__init__(chars)
+        self.chars = chars
+
+    @classmethod
+    def fit(cls, text: str) -> CharVocab:
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.fromiter((self.index.get(c, 0) for c in text), dtype=np.int64, count=len(text))
+
+    def decode(self, ids) -> str:
+        return "".join(self.symbols[i - 1] if 0 < i <= len(self.symbols) else "\ufffd" for i in ids)
