@@ -213,9 +213,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for k, v in (results[0] if results else {}).items():
         metrics[k] = float(v)
-    baselines = getattr(type(module), "baselines", None)
-    if baselines is not None:  # task-specific reference figures on the same test split
-        metrics.update(baselines(datamodule))
+    baselines = getattr(datamodule, "baselines", None)
+    if baselines is not None:  # the data's reference figures (seasonal naive, ...) on the same test split
+        metrics.update(baselines())
     metrics["train/seconds"] = round(train_seconds, 3)
     metrics["train/steps"] = int(trainer.global_step)
     metrics["train/skipped_steps"] = int(callbacks[2].skipped)

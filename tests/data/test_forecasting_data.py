@@ -88,6 +88,10 @@ def test_seasonal_naive_is_last_week(long_csv):
     n, s = dm.test_items[0]
     np.testing.assert_allclose(fc[0], dm.table.values[s - 168 : s - 168 + 12, n])
     np.testing.assert_allclose(act[0], dm.table.values[s : s + 12, n])
+    # The data module reports it as the run's baseline figures.
+    b = dm.baselines()
+    assert b["baseline/seasonal_naive/mae"] == pytest.approx(np.abs(fc - act).mean(), rel=1e-5)
+    assert {"baseline/seasonal_naive/rho50", "baseline/seasonal_naive/rho90"} <= set(b)
 
 
 def test_test_start_outside_data(long_csv):

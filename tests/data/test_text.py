@@ -235,6 +235,10 @@ def test_datamodule_csv_end_to_end(tmp_path):
     assert len(dm.datasets["test"]) == 8 and len(dm.datasets["val"]) == 8
     batch = next(iter(dm.train_dataloader()))
     assert batch["tokens"].shape[1] <= 8 and (batch["tokens"][:, 0] == CLS_ID).all()
+    # The data's TF-IDF baseline, on the same test documents; off for tasks that do not classify.
+    assert 0 <= dm.baselines()["baseline/tfidf_lr/accuracy"] <= 1 and "baseline/tfidf_lr/f1" in dm.baselines()
+    dm.baseline = False
+    assert dm.baselines() == {}
 
 
 def test_datamodule_rejects_single_class(tmp_path):

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tsformer.data.readers import DataError, SeriesTable, read_series
 from tsformer.data.samplers import ShardedSampler
+from tsformer.metrics import point_forecast_metrics
 
 
 def time_features(index: pd.DatetimeIndex) -> tuple[np.ndarray, list[str]]:
@@ -310,6 +311,12 @@ class ForecastingDataModule(pl.LightningDataModule):
             fc.append(np.nan_to_num(f, nan=0.0))
             act.append(v[s : s + self.horizon, n])
         return np.stack(fc), np.stack(act)
+
+    def baselines(self) -> dict[str, float]:
+        """Seasonal-naive metrics on the test windows, keyed ``baseline/seasonal_naive/*``
+        (``train`` adds them to the run's metrics)."""
+        fc, act = self.seasonal_naive()
+        return {f"baseline/seasonal_naive/{k}": v for k, v in point_forecast_metrics(act, fc).items()}
 
     def default_season(self) -> int:
         """One week of steps for sub-daily data, else 7 steps (daily) or 1."""

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tsformer.data.readers import DataError
 from tsformer.data.samplers import BucketBatchSampler, RankBatches, ShardedSampler
 from tsformer.data.tokenizers import CLS_ID, CharVocab, SentencePieceTokenizer
+from tsformer.metrics import accuracy, macro_f1
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -451,6 +452,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             (``vocab_size`` is then ignored); None: train on the training split.
         min_classes: fewest distinct labels the data must have (1 for unlabeled pretraining
             corpora read through a label column or folder).
+        baseline: report the TF-IDF + logistic regression baseline (:meth:`baselines`);
+            off for tasks that do not classify (``task=mlm``).
     """
 
     # Batches are sharded across ranks here (RankBatches), not by Lightning.
@@ -478,10 +481,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         tokenizer: str | None = None,
         min_classes: int = 2,
+        baseline: bool = True,
     ):
         super().__init__()
         self.path, self.format = path, format
         self.tokenizer_path, self.min_classes = tokenizer, int(min_classes)
+        self.baseline = baseline
         self.text_field, self.label_field, self.split_field = text_field, label_field, split_field
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.folds, self.fold = folds, fold
@@ -532,6 +537,27 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     def model_kwargs(self) -> dict:
         return {"vocab_size": self.tokenizer.vocab_size, "num_classes": len(self.classes)}
+
+    def baselines(self) -> dict[str, float]:
+        """TF-IDF (word 1-2 grams, sublinear tf) + logistic regression, trained on the same
+        training split (plus validation) and scored on the same test documents, keyed
+        ``baseline/tfidf_lr/*`` (``train`` adds them to the run's metrics); {} with
+        ``baseline=False``."""
+        if not self.baseline:
+            return {}
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        train_texts = self.split_texts("train") + self.split_texts("val")
+        y_train = np.concatenate([self.split_labels("train"), self.split_labels("val")])
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2 if len(train_texts) > 200 else 1,
+                              max_features=200_000)
+        clf = LogisticRegression(C=10.0, max_iter=2000)
+        clf.fit(vec.fit_transform(train_texts), y_train)
+        pred = clf.predict(vec.transform(self.split_texts("test")))
+        y_test = self.split_labels("test")
+        n = len(self.classes)
+        return {"baseline/tfidf_lr/accuracy": accuracy(y_test, pred), "baseline/tfidf_lr/f1": macro_f1(y_test, pred, n)}
 
     def _loader(self, split: str, train: bool):
         ds = self.datasets[split]

@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from tsformer.metrics import ForecastAccumulator, point_forecast_metrics
+from tsformer.metrics import ForecastAccumulator
 from tsformer.nn.likelihoods import GaussianHead
 from tsformer.tasks.optim import warmup_cosine
 
@@ -127,11 +127,3 @@ class ForecastingModule(pl.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         sched = warmup_cosine(opt, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)
         return {"optimizer": opt, "lr_scheduler": sched}
-
-    # -- baselines, computed on the same test windows ---------------------------
-    @staticmethod
-    def baselines(datamodule) -> dict[str, float]:
-        """Seasonal-naive metrics on the test windows, keyed ``baseline/seasonal_naive/*``."""
-        fc, act = datamodule.seasonal_naive()
-        m = point_forecast_metrics(act, fc)
-        return {f"baseline/seasonal_naive/{k}": v for k, v in m.items()}

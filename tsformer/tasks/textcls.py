@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -69,21 +68,3 @@ class TextClassificationModule(StagedEvalHooks, pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         store_tokenizer(self, checkpoint)
-
-    @staticmethod
-    def baselines(datamodule) -> dict[str, float]:
-        """TF-IDF (word 1-2 grams, sublinear tf) + logistic regression, trained on the same
-        training split (plus validation) and scored on the same test documents."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-
-        train_texts = datamodule.split_texts("train") + datamodule.split_texts("val")
-        y_train = np.concatenate([datamodule.split_labels("train"), datamodule.split_labels("val")])
-        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2 if len(train_texts) > 200 else 1,
-                              max_features=200_000)
-        clf = LogisticRegression(C=10.0, max_iter=2000)
-        clf.fit(vec.fit_transform(train_texts), y_train)
-        pred = clf.predict(vec.transform(datamodule.split_texts("test")))
-        y_test = datamodule.split_labels("test")
-        n = len(datamodule.classes)
-        return {"baseline/tfidf_lr/accuracy": accuracy(y_test, pred), "baseline/tfidf_lr/f1": macro_f1(y_test, pred, n)}
