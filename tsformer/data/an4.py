@@ -2,8 +2,8 @@
 
 Layout: ``<root>/etc/an4_{train,test}.fileids`` (``an4_clstk/fash/an251-fash-b``),
 ``<root>/etc/an4_{train,test}.transcription`` (``YES (an251-fash-b)``) and
-``<root>/feat/<fileid>.mfc``. A ``.mfc`` file is a big-endian int32 count ``N`` followed
-by ``N`` big-endian float32: 13 cepstral coefficients per frame, 100 frames per second.
+``<root>/feat/<fileid>.mfc``: Sphinx cepstra files (:mod:`tsformer.data.sphinx`), 13
+cepstral coefficients per frame, 100 frames per second.
 """
 
 from __future__ import annotations
@@ -11,34 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
 from tsformer.data.readers import DataError
 from tsformer.data.speech import SpeechDataModule, Utterance
 
 _TRANS = re.compile(r"^(.*)\((\S+)\)\s*$")
-
-
-def read_sphinx_cepstra(path: str | Path, dim: int = 13) -> np.ndarray:
-    """``(T, dim)`` float32 frames of a Sphinx feature file; DataError naming it if malformed."""
-    raw = Path(path).read_bytes() if Path(path).is_file() else None
-    if raw is None:
-        raise DataError(f"{path}: feature file not found")
-    if len(raw) < 4:
-        raise DataError(f"{path}: too short for a Sphinx cepstra header")
-    n = int(np.frombuffer(raw[:4], dtype=">i4")[0])
-    if n <= 0 or len(raw) != 4 + 4 * n or n % dim:
-        raise DataError(f"{path}: header says {n} values but file has {(len(raw) - 4) / 4:g}, or not a multiple of {dim}")
-    x = np.frombuffer(raw[4:], dtype=">f4").astype(np.float32).reshape(-1, dim)
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: non-finite cepstral values")
-    return x
-
-
-def write_sphinx_cepstra(path: str | Path, feats: np.ndarray) -> None:
-    """Write ``(T, dim)`` frames in the Sphinx cepstra format (for fixtures and tools)."""
-    flat = np.asarray(feats, dtype=">f4").reshape(-1)
-    Path(path).write_bytes(np.array([flat.size], dtype=">i4").tobytes() + flat.tobytes())
 
 
 def read_an4_split(root: str | Path, split: str) -> list[Utterance]:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tsformer.data.audio import LogMelFilterbank, feature_stats, load_audio, speed_perturb
 from tsformer.data.readers import DataError
 from tsformer.data.samplers import BucketBatchSampler, RankBatches
+from tsformer.data.sphinx import read_sphinx_cepstra
 from tsformer.data.tokenizers import Tokenizer, build_tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ def make_feature_extractor(features: dict):
 
         return fn
     if kind == "sphinx":
-        from tsformer.data.an4 import read_sphinx_cepstra
-
         dim = int(features.get("dim", 13))
 
         def fn(path: str, speed: float = 1.0) -> Tensor:
