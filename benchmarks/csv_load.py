@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, resource, sys, time
 import numpy as np
-from tsformer.data.user_csv import read_user_csv
+from tsformer.data.forecasting.user_csv import read_user_csv
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 tab = read_user_csv(sys.argv[1], time_col="time", target="value", id_col="series", known_covariates=["temp"])

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 
-from tsformer.data.csv_forecasting import CSVForecastingDataModule
+from tsformer.data.forecasting.csv_datamodule import CSVForecastingDataModule
 from tsformer.forecast import predict_frame
 from tsformer.train import compose_config
 

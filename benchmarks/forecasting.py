@@ -17,7 +17,7 @@ Protocols:
   paths). tsformer models run through ``tsformer.train.train(cfg)``; every model is scored
   by ``tsformer.metrics`` on the same 21 windows.
 - ``etth1``, ``ettm1``, ``exchange_rate``: the Informer/Autoformer long-horizon protocol
-  (:mod:`tsformer.data.longhorizon`): MSE and MAE on the standardised scale over all test
+  (:mod:`tsformer.data.forecasting.longhorizon`): MSE and MAE on the standardised scale over all test
   windows (stride 1), horizon steps and channels. tsformer models are channel-independent
   :class:`tsformer.nn.patch_forecaster.PatchForecaster` networks trained by MSE.
 
@@ -49,7 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from tsformer.data.longhorizon import LongHorizonData, load_long_horizon  # noqa: E402
+from tsformer.data.forecasting.longhorizon import LongHorizonData, load_long_horizon  # noqa: E402
 from tsformer.metrics import ForecastAccumulator, point_forecast_metrics  # noqa: E402
 
 TSFORMER_MODELS = ("logsparse", "transformer")
@@ -63,7 +63,7 @@ class DatasetSpec:
 
     kind: str  # "electricity" | "long"
     path: str  # relative to the data root
-    split: str = "ratio"  # long-horizon split (see tsformer.data.longhorizon)
+    split: str = "ratio"  # long-horizon split (see tsformer.data.forecasting.longhorizon)
     freq: str = "h"  # pandas frequency, for GluonTS
     horizons: tuple[int, ...] = (96, 192, 336, 720)
     context: int = 336
@@ -152,7 +152,7 @@ def electricity_tsformer(model: str, data_path: str, context: int, budget_s: flo
 
 
 def _electricity_datamodule(data_path: str, context: int):
-    from tsformer.data.forecasting import ForecastingDataModule
+    from tsformer.data.forecasting.datamodule import ForecastingDataModule
 
     dm = ForecastingDataModule(data_path, context_length=context, horizon=24, test_start="2014-09-01 00:00",
                                test_windows=7, test_stride=24, val_windows=7,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.data.test_user_csv import long_frame, write
-from tsformer.data.csv_forecasting import CSVForecastingDataModule
-from tsformer.data.readers import DataError
+from tsformer.data.errors import DataError
+from tsformer.data.forecasting.csv_datamodule import CSVForecastingDataModule
 from tsformer.export import ExportError, export, load_tsf
 from tsformer.forecast import forecast, main, predict_frame
 from tsformer.train import REPO_ROOT, compose_config, train

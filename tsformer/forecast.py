@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsformer.data.readers import DataError
+from tsformer.data.errors import DataError
 from tsformer.export import ExportError, load_tsf, parse_args
 from tsformer.tasks.forecasting import forecast_batch
 
@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
 
 def make_datamodule(info: dict, input_path: str | None = None, frame: pd.DataFrame | None = None, **over):
     """The trained data settings and vocabulary, reading ``input_path`` (or ``frame``) for prediction."""
-    from tsformer.data.csv_forecasting import CSVForecastingDataModule
+    from tsformer.data.forecasting.csv_datamodule import CSVForecastingDataModule
 
     data = {k: v for k, v in info["config"]["data"].items() if k not in ("_target_", "path")}
     data.update({k: v for k, v in over.items() if v is not None})

@@ -126,7 +126,7 @@ class LogSparseForecaster(BaseForecaster):
     def _fit(self, y, X=None, fh=None):
         import torch
 
-        from tsformer.data.csv_forecasting import CSVForecastingDataModule
+        from tsformer.data.forecasting.csv_datamodule import CSVForecastingDataModule
         from tsformer.nn.conv_transformer import ConvTransformerForecaster
         from tsformer.tasks.forecasting import GaussianHead
 

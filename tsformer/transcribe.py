@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from tsformer.data.audio import AUDIO_SUFFIXES
-from tsformer.data.readers import DataError
-from tsformer.data.speech import make_feature_extractor
+from tsformer.data.errors import DataError
+from tsformer.data.speech.audio import AUDIO_SUFFIXES
+from tsformer.data.speech.datamodule import make_feature_extractor
 from tsformer.data.tokenizers import tokenizer_from_state
 from tsformer.nn.ctc import ctc_decode
 

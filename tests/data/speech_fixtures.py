@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tsformer.data.sphinx import write_sphinx_cepstra
+from tsformer.data.speech.sphinx import write_sphinx_cepstra
 
 WORDS = ["ZERO", "ONE", "TWO"]
 

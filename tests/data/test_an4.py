@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from tests.data.speech_fixtures import make_an4
-from tsformer.data.an4 import AN4DataModule, read_an4_split
-from tsformer.data.readers import DataError
-from tsformer.data.sphinx import read_sphinx_cepstra, write_sphinx_cepstra
+from tsformer.data.errors import DataError
+from tsformer.data.speech.an4 import AN4DataModule, read_an4_split
+from tsformer.data.speech.sphinx import read_sphinx_cepstra, write_sphinx_cepstra
 
 
 def test_sphinx_format_is_big_endian_count_then_floats(tmp_path):

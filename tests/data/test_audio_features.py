@@ -2,7 +2,7 @@
 
 import torch
 
-from tsformer.data.audio import LogMelFilterbank, feature_stats, speed_perturb
+from tsformer.data.speech.audio import LogMelFilterbank, feature_stats, speed_perturb
 
 
 def test_fbank_shape():

@@ -3,14 +3,14 @@ import pandas as pd
 import pytest
 import torch
 
-from tsformer.data.forecasting import (
+from tsformer.data.errors import DataError
+from tsformer.data.forecasting.datamodule import (
     ForecastingDataModule,
     age_feature,
     series_starts,
     time_features,
     window_scale,
 )
-from tsformer.data.readers import DataError
 
 
 def _dm(path, **kw):

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 
 from tests.data.speech_fixtures import make_librispeech
-from tsformer.data.librispeech import LibriSpeechDataModule, scan_split
-from tsformer.data.readers import DataError
+from tsformer.data.errors import DataError
+from tsformer.data.speech.librispeech import LibriSpeechDataModule, scan_split
 
 
 @pytest.fixture

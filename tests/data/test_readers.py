@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsformer.data.readers import DataError, detect_format, read_series
+from tsformer.data.errors import DataError
+from tsformer.data.forecasting.readers import detect_format, read_series
 
 
 def test_long_csv_roundtrip(tmp_path):

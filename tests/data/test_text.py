@@ -7,23 +7,15 @@ import tarfile
 import numpy as np
 import pytest
 
-from tsformer.data.readers import DataError
+from tsformer.data.errors import DataError
 from tsformer.data.samplers import BucketBatchSampler
-from tsformer.data.text import (
-    CharLMDataModule,
-    TextClassificationDataModule,
-    TilingWindows,
-    assign_splits,
-    collate_docs,
-    read_csv_docs,
-    read_documents,
-    read_folder_docs,
-    read_imdb,
-    read_jsonl_docs,
-    read_semeval,
-    stratified_folds,
-    stratified_split,
-)
+from tsformer.data.text.charlm import CharLMDataModule, TilingWindows
+from tsformer.data.text.classification import TextClassificationDataModule, collate_docs
+from tsformer.data.text.documents import read_csv_docs, read_folder_docs, read_jsonl_docs
+from tsformer.data.text.hyperpartisan import read_semeval
+from tsformer.data.text.imdb import read_imdb
+from tsformer.data.text.readers import read_documents
+from tsformer.data.text.splits import assign_splits, stratified_folds, stratified_split
 from tsformer.data.tokenizers import CLS_ID, CharVocab, SentencePieceTokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
@@ -190,7 +182,7 @@ def test_stratified_split_is_stratified_disjoint_and_seeded():
 
 
 def test_assign_splits_folds_and_given(tmp_path):
-    from tsformer.data.text import TextTable
+    from tsformer.data.text.documents import TextTable
 
     t = TextTable([f"d{i}" for i in range(50)], ["a", "b"] * 25)
     s = assign_splits(t, 0.1, 0.1, 0, folds=5, fold=2)

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tsformer.data.csv_forecasting import CSVForecastingDataModule
-from tsformer.data.readers import DataError
-from tsformer.data.user_csv import read_user_csv
+from tsformer.data.errors import DataError
+from tsformer.data.forecasting.csv_datamodule import CSVForecastingDataModule
+from tsformer.data.forecasting.user_csv import read_user_csv
 
 
 def long_frame(n_series=2, steps=120, freq="h", seed=0):

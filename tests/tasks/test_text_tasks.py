@@ -65,7 +65,7 @@ def test_textcls_bad_data_fails_before_writing(tmp_path):
     data = tmp_path / "docs.csv"
     data.write_text("text,label\ngood,1\nbad\n")
     run = tmp_path / "run"
-    from tsformer.data.readers import DataError
+    from tsformer.data.errors import DataError
 
     with pytest.raises(DataError, match="row 3"):
         train(compose_config(["task=textcls", f"data.path={data}", f"run_dir={run}", *QUIET]))

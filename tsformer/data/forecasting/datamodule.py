@@ -16,7 +16,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tsformer.data.readers import DataError, SeriesTable, read_series
+from tsformer.data.errors import DataError
+from tsformer.data.forecasting.readers import SeriesTable, read_series
 from tsformer.data.samplers import ShardedSampler
 from tsformer.metrics import point_forecast_metrics
 
@@ -167,7 +168,7 @@ class ForecastingDataModule(pl.LightningDataModule):
     training windows end before the first validation forecast.
 
     Args:
-        path: the series file (see :func:`tsformer.data.readers.read_series`).
+        path: the series file (see :func:`tsformer.data.forecasting.readers.read_series`).
         context_length: conditioning range ``C``.
         horizon: prediction range ``H``.
         test_start: timestamp of the first test forecast.

@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tsformer.data.audio import LogMelFilterbank, feature_stats, load_audio, speed_perturb
-from tsformer.data.readers import DataError
+from tsformer.data.errors import DataError
 from tsformer.data.samplers import BucketBatchSampler, RankBatches
-from tsformer.data.sphinx import read_sphinx_cepstra
+from tsformer.data.speech.audio import LogMelFilterbank, feature_stats, load_audio, speed_perturb
+from tsformer.data.speech.sphinx import read_sphinx_cepstra
 from tsformer.data.tokenizers import Tokenizer, build_tokenizer, normalize_text
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tsformer.data.readers import DataError
+from tsformer.data.errors import DataError
 
 
 def read_sphinx_cepstra(path: str | Path, dim: int = 13) -> np.ndarray:

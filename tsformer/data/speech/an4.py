@@ -2,7 +2,7 @@
 
 Layout: ``<root>/etc/an4_{train,test}.fileids`` (``an4_clstk/fash/an251-fash-b``),
 ``<root>/etc/an4_{train,test}.transcription`` (``YES (an251-fash-b)``) and
-``<root>/feat/<fileid>.mfc``: Sphinx cepstra files (:mod:`tsformer.data.sphinx`), 13
+``<root>/feat/<fileid>.mfc``: Sphinx cepstra files (:mod:`tsformer.data.speech.sphinx`), 13
 cepstral coefficients per frame, 100 frames per second.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tsformer.data.readers import DataError
-from tsformer.data.speech import SpeechDataModule, Utterance
+from tsformer.data.errors import DataError
+from tsformer.data.speech.datamodule import SpeechDataModule, Utterance
 
 _TRANS = re.compile(r"^(.*)\((\S+)\)\s*$")
 

@@ -13,9 +13,9 @@ import logging
 import os
 from pathlib import Path
 
-from tsformer.data.audio import audio_info
-from tsformer.data.readers import DataError
-from tsformer.data.speech import SpeechDataModule, Utterance
+from tsformer.data.errors import DataError
+from tsformer.data.speech.audio import audio_info
+from tsformer.data.speech.datamodule import SpeechDataModule, Utterance
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Forecasting on a user's own CSV (``task=csv``): covariates, static features, missing values.
 
-Extends :class:`~tsformer.data.forecasting.ForecastingDataModule` with
+Extends :class:`~tsformer.data.forecasting.datamodule.ForecastingDataModule` with
 
 - known-in-advance covariates (standardised, fed at every position, horizon included);
 - past-only covariates, lagged by one step like the target and hidden (zero, with an
@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from tsformer.data.forecasting import (
+from tsformer.data.errors import DataError
+from tsformer.data.forecasting.datamodule import (
     ForecastingDataModule,
     ForecastWindows,
     TrainWindows,
@@ -28,8 +29,7 @@ from tsformer.data.forecasting import (
     age_feature,
     time_features,
 )
-from tsformer.data.readers import DataError
-from tsformer.data.user_csv import UserTable, fill_covariates, interpolate_inside, read_user_csv
+from tsformer.data.forecasting.user_csv import UserTable, fill_covariates, interpolate_inside, read_user_csv
 
 STATE_VERSION = 1
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tsformer.data.readers import DataError
+from tsformer.data.errors import DataError
 
 
 @dataclass

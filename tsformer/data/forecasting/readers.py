@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tsformer.data.errors import DataError
+
 # Start and step of the LSTNet matrices (Lai et al. 2018), as used by GluonTS.
 LSTNET_STARTS = {
     "electricity": ("2012-01-01 00:00:00", "1h"),
@@ -27,10 +29,6 @@ LSTNET_STARTS = {
     "solar_AL": ("2006-01-01 00:00:00", "10min"),
     "exchange_rate": ("1990-01-01", "1D"),
 }
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the row or column."""
 
 
 @dataclass

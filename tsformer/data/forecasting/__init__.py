@@ -1,0 +1,1 @@
+"""Forecasting data: series file readers, windows and DataModules (see :mod:`tsformer.data`)."""

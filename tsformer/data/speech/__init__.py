@@ -1,0 +1,1 @@
+"""Speech recognition data: corpus readers, features and DataModules (see :mod:`tsformer.data`)."""
