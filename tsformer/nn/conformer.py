@@ -178,7 +178,7 @@ class ConformerCTC(nn.Module):
             ``{type: lsra, conv_type, conv_kernel, conv_heads, pattern, kernel, positions}``
             (``pos`` is read as ``positions``, as older checkpoints spell it).
         cmvn_mean, cmvn_std: global feature statistics (``input_dim`` floats each).
-        specaugment: :class:`~tsformer.data.audio.SpecAugment` settings, or None.
+        specaugment: :class:`~tsformer.nn.audio.SpecAugment` settings, or None.
         subsampling_channels: channels of the subsampling convolutions (None: ``d_model``);
             fewer make the (costly) first layers cheaper on CPU.
     """
