@@ -76,3 +76,37 @@ def test_conformer_with_window_pattern_trains(tmp_path):
         "model.subsampling_channels=8", "data.batch_size=4", "module.warmup_steps=2", "trainer.max_steps=2",
         "trainer.val_check_interval=2", *QUIET])
     assert "test/wer" in train(cfg)
+
+
+# Long-context options (issue: ALiBi, adaptive span, persistent memory, Transformer-XL
+# positions): each trains for a few steps in train(cfg) for charlm and electricity.
+OPTIONS = {
+    "alibi": ["model.attention.positions=alibi"],
+    "span": ["model.attention.pattern=causal", "model.attention.span={max: 32, ramp: 8, penalty: 1e-3}"],
+    "all_attention": ["model.attention.persistent=4", "model.ffn=none"],
+    "xl": ["model.attention.positions=xl"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_long_context_options_train_on_charlm(tmp_path, option):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 60)
+    over = list(OPTIONS[option])
+    if option == "span":
+        over = ["model.attention.type=mhsa"] + over
+    cfg = compose_config(["task=charlm", *over, f"data.path={text}", "data.context=64", "data.train_samples=32",
+                          "data.batch_size=8", "trainer.max_steps=3", "trainer.val_check_interval=3",
+                          "model.d_model=32", "model.n_heads=4", "model.d_ff=64", "model.window=[8,8,16]",
+                          f"run_dir={tmp_path / 'run'}", *QUIET])
+    assert 0 < train(cfg)["test/bpc"] < 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_long_context_options_train_on_electricity(tmp_path, option):
+    data = tmp_path / "series.csv"
+    make_long_csv(data)
+    cfg = compose_config(FORECAST_TINY + OPTIONS[option] + [f"data.path={data}", f"run_dir={tmp_path / 'run'}"])
+    assert "test/rho50" in train(cfg)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
+from tsformer.nn.blocks import check_ffn
 from tsformer.nn.decoding import DecodeCache, KVCache
 from tsformer.nn.likelihoods import GaussianHead
 
@@ -28,25 +29,31 @@ class ConvTransformerBlock(nn.Module):
         d_model, d_ff: widths.
         attn: the attention layer (``(B, L, d) -> (B, L, d)``).
         dropout: feed-forward dropout.
+        ffn: ``mlp`` or ``none`` (no feed-forward sublayer: with persistent memory, the
+            all-attention layer of Sukhbaatar et al. 2019).
     """
 
-    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float):
+    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp"):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = attn
-        self.ln2 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(
-            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model), nn.Dropout(dropout)
-        )
+        check_ffn(ffn)
+        if ffn == "mlp":
+            self.ln2 = nn.LayerNorm(d_model)
+            self.ff = nn.Sequential(
+                nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model), nn.Dropout(dropout)
+            )
+        else:
+            self.ff = None
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """``(B, L, d)`` -> ``(B, L, d)``; with a cache, ``x`` is the next positions."""
         x = x + self.attn(self.ln1(x), lengths, cache=cache)
-        return x + self.ff(self.ln2(x))
+        return x if self.ff is None else x + self.ff(self.ln2(x))
 
 
 def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int, n_heads: int, d_ff: int,
-                conv_kernel: int, dropout: float, causal: bool | None, network: str) -> nn.ModuleList:
+                conv_kernel: int, dropout: float, causal: bool | None, network: str, ffn: str = "mlp") -> nn.ModuleList:
     """The forecasters' blocks: attention from ``model.attention`` (default: LogSparse
     convolutional self-attention, Li et al. 2019) with the model's ``conv_kernel``."""
     defaults = {"type": "conv", "pattern": "logsparse"}
@@ -55,7 +62,7 @@ def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int
             d_model, d_ff,
             build_attention(attention, d_model, n_heads, causal=causal, defaults=defaults, network=network,
                             kernel_size=conv_kernel, out_dropout=dropout),
-            dropout,
+            dropout, ffn,
         )
         for _ in range(n_layers)
     )
@@ -82,6 +89,7 @@ class ConvTransformerForecaster(nn.Module):
         static_cardinalities: number of categories of each static categorical series
             feature (code 0 = unknown); each gets its own embedding.
         static_embedding_dim: size of each static feature's embedding.
+        ffn: ``mlp`` or ``none`` (see :class:`ConvTransformerBlock`).
     """
 
     def __init__(
@@ -98,6 +106,7 @@ class ConvTransformerForecaster(nn.Module):
         attention: dict[str, Any] | None = None,
         static_cardinalities: list[int] | None = None,
         static_embedding_dim: int = 4,
+        ffn: str = "mlp",
     ):
         super().__init__()
         self.num_series = num_series
@@ -106,7 +115,7 @@ class ConvTransformerForecaster(nn.Module):
         self.static_embeds = nn.ModuleList(nn.Embedding(max(c, 1), static_embedding_dim) for c in cards)
         self.inp = nn.Linear(1 + num_covariates + embedding_dim + len(cards) * static_embedding_dim, d_model)
         self.blocks = conv_blocks(attention, n_layers, d_model, n_heads, d_ff, conv_kernel, dropout, causal=True,
-                                  network="the forecaster (ConvTransformerForecaster)")
+                                  network="the forecaster (ConvTransformerForecaster)", ffn=ffn)
         self.ln = nn.LayerNorm(d_model)
         self.head = GaussianHead(d_model)
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.attention.base import rename_keys
+from tsformer.nn.blocks import check_ffn
 from tsformer.nn.decoding import DecodeCache, KVCache
 
 
@@ -52,13 +53,19 @@ class LongformerLayer(nn.Module):
         d_model, d_ff: widths.
         attn: the attention layer (output projection included).
         dropout: residual dropout.
+        ffn: ``mlp`` or ``none`` (all-attention, with persistent memory).
     """
 
-    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float):
+    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp"):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        check_ffn(ffn)
+        self.norm1 = nn.LayerNorm(d_model)
         self.attn = attn
-        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
+        if ffn == "mlp":
+            self.norm2 = nn.LayerNorm(d_model)
+            self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
+        else:
+            self.ff = None
         self.drop = nn.Dropout(dropout)
         # The output projection moved into the attention layer.
         self._register_load_state_dict_pre_hook(rename_keys({"out.": "attn.out."}))
@@ -66,7 +73,7 @@ class LongformerLayer(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
                 cache: KVCache | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache))
-        return x + self.drop(self.ff(self.norm2(x)))
+        return x if self.ff is None else x + self.drop(self.ff(self.norm2(x)))
 
 
 class LongformerEncoder(nn.Module):
@@ -86,12 +93,14 @@ class LongformerEncoder(nn.Module):
             fits), ``pattern`` (``window`` | ``full`` for Longformer), ``kernel``, ...
         truncate: keep only the first ``truncate`` tokens (None: all).
         dropout: residual and embedding dropout.
+        ffn: ``mlp`` or ``none`` (all-attention layers, with ``attention.persistent``).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_heads: int = 4, n_layers: int = 2, d_ff: int = 256,
                  window: int | Sequence[int] = 256, dilation: int | Sequence[int] = 1, dilated_heads: int = 0,
                  max_tokens: int = 4096, positions: str = "learned", one_sided: bool = False,
-                 attention: dict | None = None, truncate: int | None = None, dropout: float = 0.1):
+                 attention: dict | None = None, truncate: int | None = None, dropout: float = 0.1,
+                 ffn: str = "mlp"):
         super().__init__()
         attention = {"positions": positions, **dict(attention or {})}
         self.positions = attention["positions"] = attention.pop("pos", attention["positions"])
@@ -105,7 +114,7 @@ class LongformerEncoder(nn.Module):
         self.layers = nn.ModuleList(
             LongformerLayer(d_model, d_ff, build_attention(
                 {**attention, "window": w, "dilation": r}, d_model, n_heads, causal=one_sided or None,
-                defaults=defaults, network=name, dilated_heads=dilated_heads), dropout)
+                defaults=defaults, network=name, dilated_heads=dilated_heads), dropout, ffn)
             for w, r in zip(windows, dilations)
         )
         self.norm = nn.LayerNorm(d_model)

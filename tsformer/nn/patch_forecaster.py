@@ -55,6 +55,7 @@ class PatchForecaster(nn.Module):
         head_dropout: float = 0.0,
         linear_skip: bool = True,
         attention: dict[str, Any] | None = None,
+        ffn: str = "mlp",
     ):
         super().__init__()
         if context_length < patch_len:
@@ -66,7 +67,7 @@ class PatchForecaster(nn.Module):
         self.pos = nn.Parameter(torch.randn(self.num_patches, d_model) * 0.02)
         self.drop = nn.Dropout(dropout)
         self.blocks = conv_blocks(attention, n_layers, d_model, n_heads, d_ff, conv_kernel, dropout, causal=None,
-                                  network="PatchForecaster")
+                                  network="PatchForecaster", ffn=ffn)
         self.ln = nn.LayerNorm(d_model)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(self.num_patches * d_model, horizon)

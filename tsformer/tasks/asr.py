@@ -10,10 +10,11 @@ from torch import Tensor, nn
 from tsformer.data.tokenizers import Tokenizer, tokenizer_from_state
 from tsformer.metrics import char_errors, word_errors
 from tsformer.nn.ctc import ctc_decode
+from tsformer.tasks.hooks import LearnedPartsHooks
 from tsformer.tasks.optim import warmup_cosine
 
 
-class ASRModule(pl.LightningModule):
+class ASRModule(LearnedPartsHooks, pl.LightningModule):
     """Trains a CTC network; validates with greedy decoding, tests with the configured decoder.
 
     The tokenizer and feature settings come from the data module and are stored in every
@@ -76,7 +77,7 @@ class ASRModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, _, _ = self._forward_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
-        return loss
+        return self.with_aux(loss, len(batch["ids"]))
 
     def decode(self, log_probs: Tensor, lengths: Tensor, method: str | None = None) -> list[str]:
         """Texts of a batch of log-probabilities."""

@@ -12,11 +12,11 @@ from torch import Tensor, nn
 
 from tsformer.metrics import bits_per_character
 from tsformer.nn.decoding import generate_tokens
-from tsformer.tasks.hooks import StagedEvalHooks
+from tsformer.tasks.hooks import LearnedPartsHooks, StagedEvalHooks
 from tsformer.tasks.optim import adamw_warmup_cosine
 
 
-class CharLMModule(StagedEvalHooks, pl.LightningModule):
+class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
     """Next-character cross-entropy; ``val/bpc`` and ``test/bpc`` over every character of
     the split (sums of NLL over characters, not means of window means).
 
@@ -44,7 +44,7 @@ class CharLMModule(StagedEvalHooks, pl.LightningModule):
         loss = s / n
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["inputs"]))
         self.log("train/bpc", loss / math.log(2), batch_size=len(batch["inputs"]))
-        return loss
+        return self.with_aux(loss, len(batch["inputs"]))
 
     def _eval_step(self, stage: str, batch) -> None:
         s, n = self._nll(batch)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from tsformer.metrics import ForecastAccumulator
 from tsformer.nn.likelihoods import GaussianHead
+from tsformer.tasks.hooks import LearnedPartsHooks
 from tsformer.tasks.optim import warmup_cosine
 
 
@@ -40,7 +41,7 @@ def forecast_batch(
     return s * batch["scale"][:, None, None]
 
 
-class ForecastingModule(pl.LightningModule):
+class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
     """Trains a forecaster by Gaussian negative log-likelihood; tests by sampling.
 
     Args:
@@ -77,7 +78,7 @@ class ForecastingModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["series"]))
-        return loss
+        return self.with_aux(loss, len(batch["series"]))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         # Score the horizon only: that is what a forecast is judged on.

@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
+from tsformer.nn.attention.parts import apply_constraints, auxiliary_loss
+
+
+class LearnedPartsHooks:
+    """Auxiliary losses and parameter constraints of learned attention parts (adaptive
+    spans' L1 penalty, their clamp to ``[0, max]``) for any task: mix in before
+    ``pl.LightningModule`` and pass the task loss through :meth:`with_aux`."""
+
+    def with_aux(self, loss: Tensor, batch_size: int) -> Tensor:
+        """``loss`` plus the network's auxiliary losses (logged as ``train/aux_loss``)."""
+        aux = auxiliary_loss(self.net)
+        if aux is None:
+            return loss
+        self.log("train/aux_loss", aux, batch_size=batch_size)
+        return loss + aux
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        apply_constraints(self.net)  # after the optimizer step of this batch
+
+
 
 class StagedEvalHooks:
     """Routes validation and test to ``_eval_step(stage, batch)`` and ``_eval_end(stage)``.

@@ -7,11 +7,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from tsformer.tasks.hooks import StagedEvalHooks, store_tokenizer
+from tsformer.tasks.hooks import LearnedPartsHooks, StagedEvalHooks, store_tokenizer
 from tsformer.tasks.optim import adamw_warmup_cosine
 
 
-class MaskedLMModule(StagedEvalHooks, pl.LightningModule):
+class MaskedLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
     """Masked-token cross-entropy; ``<stage>/mlm_loss`` (nats per masked token) and
     ``<stage>/mlm_accuracy`` on validation and test, with a seeded mask per batch so that
     checks are comparable.
@@ -36,7 +36,7 @@ class MaskedLMModule(StagedEvalHooks, pl.LightningModule):
         loss = nll / n.clamp_min(1)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["tokens"]))
         self.log("train/mlm_accuracy", correct / n.clamp_min(1), batch_size=len(batch["tokens"]))
-        return loss
+        return self.with_aux(loss, len(batch["tokens"]))
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         acc = self._sums.setdefault(stage, [0.0, 0.0, 0.0, 0.0])  # nll, correct, count, batches

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.metrics import accuracy, macro_f1
-from tsformer.tasks.hooks import StagedEvalHooks, store_tokenizer
+from tsformer.tasks.hooks import LearnedPartsHooks, StagedEvalHooks, store_tokenizer
 from tsformer.tasks.optim import adamw_warmup_cosine
 
 
-class TextClassificationModule(StagedEvalHooks, pl.LightningModule):
+class TextClassificationModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
     """Cross-entropy training; accuracy and macro-F1 on validation and test.
 
     The SentencePiece model of the run is stored in every checkpoint
@@ -38,7 +38,7 @@ class TextClassificationModule(StagedEvalHooks, pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = F.cross_entropy(self(batch), batch["labels"], label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
-        return loss
+        return self.with_aux(loss, len(batch["labels"]))
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         logits = self(batch)

@@ -24,12 +24,13 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from tsformer.nn.attention.base import POSITIONS, AttentionLayer, AttentionSpec, Positions
+from tsformer.nn.attention.base import AttentionLayer, AttentionSpec
 from tsformer.nn.attention.conv import ConvSelfAttention
 from tsformer.nn.attention.longformer import LongformerSelfAttention
 from tsformer.nn.attention.lsra import LSRA, DynamicConv, LightweightConv
 from tsformer.nn.attention.mhsa import MultiHeadSelfAttention
 from tsformer.nn.attention.mqa import MultiQueryAttention
+from tsformer.nn.attention.positions import POSITIONS, Positions, alibi_slopes
 
 ATTENTION_LAYERS: dict[str, type[AttentionLayer]] = {
     "mhsa": MultiHeadSelfAttention,
@@ -119,6 +120,7 @@ __all__ = [
     "MultiHeadSelfAttention",
     "MultiQueryAttention",
     "Positions",
+    "alibi_slopes",
     "build_attention",
     "register_attention",
 ]

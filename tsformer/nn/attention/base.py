@@ -23,13 +23,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from tsformer.attention import OffsetTableBias, Pattern, ScoreBias, attention, get_kernel, pattern_from_config
+from tsformer.attention import DenseBias, Pattern, ScoreBias, attention, get_kernel, pattern_from_config
 from tsformer.attention.split import split_attention
+from tsformer.nn.attention.parts import AdaptiveSpan, PersistentMemory
+from tsformer.nn.attention.positions import POSITIONS, make_positions
 from tsformer.nn.decoding import KVCache
-
-POSITIONS = ("none", "learned", "rotary", "relative")
-"""``model.attention.positions`` values. ``learned``: absolute positions the network adds to
-its input embedding (the layer adds nothing)."""
 
 
 @dataclass
@@ -45,6 +43,8 @@ class AttentionSpec:
         max_relative: clipping distance of ``relative`` positions.
         rotary_base: base of ``rotary`` frequencies.
         dropout: attention-probability dropout (training only; routes to ``reference``).
+        persistent: learned key/value slots per head (all-attention; 0: none).
+        span: adaptive attention span, ``{max, ramp, penalty, init}``, or None.
         options: the remaining keys, passed to the layer type's constructor.
     """
 
@@ -60,6 +60,8 @@ class AttentionSpec:
     max_relative: int = 64
     rotary_base: float = 10000.0
     dropout: float = 0.0
+    persistent: int = 0
+    span: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     # Old spellings still found in configs stored with checkpoints.
@@ -86,47 +88,6 @@ class AttentionSpec:
             self.pattern, local=self.local, restart=self.restart, window=self.window,
             one_sided=self.one_sided, dilation=self.dilation,
         )
-
-
-class Positions(nn.Module):
-    """Positions inside attention: rotate queries and keys, or bias the scores.
-
-    ``none`` and ``learned`` (added by the network at its input) do nothing here.
-    """
-
-    def __init__(self, kind: str, head_dim: int, max_relative: int = 64, rotary_base: float = 10000.0):
-        super().__init__()
-        self.kind = kind
-        if kind == "rotary":
-            if head_dim % 2:
-                raise ValueError(f"rotary positions need an even head dim, got {head_dim}")
-            inv = 1.0 / rotary_base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-            self.register_buffer("inv_freq", inv, persistent=False)
-        if kind == "relative":
-            # Shaw et al. 2018, "Self-Attention with Relative Position Representations":
-            # one key embedding per clipped offset j - i, scored against the query.
-            self.max_relative = int(max_relative)
-            self.rel_k = nn.Embedding(2 * self.max_relative + 1, head_dim)
-
-    def rotate(self, x: Tensor, start: int = 0) -> Tensor:
-        """Rotary embedding (Su et al. 2021, RoFormer) of ``(..., L, D)`` at positions
-        ``start .. start + L - 1``: ``q_i . k_j`` then depends on ``i - j`` only."""
-        if self.kind != "rotary":
-            return x
-        L = x.shape[-2]
-        pos = torch.arange(start, start + L, device=x.device, dtype=torch.float32)
-        ang = pos[:, None] * self.inv_freq.to(x.device)[None]  # (L, D/2)
-        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-
-    def bias(self, q: Tensor, scale: float) -> ScoreBias | None:
-        """Score bias for queries ``q (B, H, Lq, D)``: Shaw's ``scale * q_i . a_{clip(j - i)}``
-        as a per-query table over clipped offsets (served by every kernel that takes it)."""
-        if self.kind != "relative":
-            return None
-        table = torch.matmul(q, self.rel_k.weight.t()) * scale  # (B, H, Lq, 2R + 1)
-        return OffsetTableBias(table, self.max_relative)
 
 
 class AttentionLayer(nn.Module):
@@ -165,7 +126,16 @@ class AttentionLayer(nn.Module):
             raise ValueError(f"attention width {width} is not divisible by n_heads={n_heads}")
         self.spec, self.n_heads, self.head_dim = spec, n_heads, width // n_heads
         self.pattern = spec.build_pattern()
-        self.positions = Positions(spec.positions, self.head_dim, spec.max_relative, spec.rotary_base)
+        self.positions = make_positions(spec, self.head_dim, n_heads)
+        self.persistent = PersistentMemory(n_heads, self.head_dim, spec.persistent) if spec.persistent else None
+        if self.persistent is not None and getattr(self.pattern, "restart", None) is not None:
+            raise ValueError("model.attention.persistent cannot be combined with LogSparse's restart "
+                             "(the memory slots would shift the restart boundaries)")
+        self.span = None
+        if spec.span:
+            if spec.pattern not in ("full", "causal", "window"):
+                raise ValueError(f"model.attention.span needs pattern full, causal or window, not {spec.pattern!r}")
+            self.span = AdaptiveSpan.from_config(spec.span, n_heads, causal=self.pattern.causal)
 
     @property
     def causal(self) -> bool:
@@ -186,8 +156,8 @@ class AttentionLayer(nn.Module):
         global_idx: Sequence[int] = (),
         groups: Sequence[tuple[slice, Pattern]] | None = None,
     ) -> Tensor:
-        """Positions, padding, global tokens and the kernel (or the cache) for ``(B, H, L, D)``
-        queries, keys and values of the new positions.
+        """Positions, learned parts, padding, global tokens and the kernel (or the cache) for
+        ``(B, H, L, D)`` queries, keys and values of the new positions.
 
         Args:
             groups: ``(head slice, pattern)`` pairs when head groups attend under different
@@ -205,38 +175,65 @@ class AttentionLayer(nn.Module):
         stepping = cache is not None and cache.prefilled
         if cache is not None:
             cache.append(k, v) if stepping else cache.set_prefix(k, v)
+        k_len = cache.length if cache is not None else k.shape[-2]
         dropout = self.spec.dropout if self.training else 0.0
         outs = []
         for heads, pattern in groups:
             part = heads != slice(None)
             qh = q[:, heads].contiguous() if part else q
-            bias = self.positions.bias(qh, self.head_dim**-0.5)
-            if global_idx:
-                pattern = pattern.with_globals(global_idx)
-            if stepping:
-                outs.append(self._attend_cache(qh, cache, heads, pattern, bias))
+            bias = self.positions.bias(qh, self.head_dim**-0.5, k_len, heads)
+            qh = self.positions.content(qh, heads)
+            if self.span is not None:  # the window the spans need, and their ramps
+                pattern = self.span.pattern()
+                bias = _add_biases(bias, self.span.bias(heads, qh.dtype), qh.shape[-2], k_len)
+            if stepping and cache.shared:
+                keys = None  # the prefix and suffixes are joined in _attend_split
+            elif stepping:
+                keys = tuple(t[:, heads] for t in cache.keys_values())
+            else:
+                keys = (k[:, heads].contiguous(), v[:, heads].contiguous()) if part else (k, v)
+            pattern, bias, gidx, lens, keys = self._with_persistent(pattern, bias, global_idx, lengths, keys,
+                                                                    q.shape[0], heads, qh.shape[-2], k_len)
+            if gidx:
+                pattern = pattern.with_globals(gidx)
+            if keys is None:
+                outs.append(self._attend_split(qh, cache, heads, pattern, bias))
                 continue
-            kh, vh = (k[:, heads].contiguous(), v[:, heads].contiguous()) if part else (k, v)
-            if lengths is not None:
-                pattern = pattern.with_padding(lengths)
-            outs.append(attention(qh, kh, vh, pattern, kernel=self.spec.kernel, dropout_p=dropout, bias=bias))
+            if lens is not None and not stepping:
+                pattern = pattern.with_padding(lens)
+            outs.append(attention(qh, *keys, pattern, kernel=self.spec.kernel, dropout_p=dropout, bias=bias))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
-    def _attend_cache(self, q: Tensor, cache: KVCache, heads: slice, pattern: Pattern,
-                      bias: ScoreBias | None) -> Tensor:
-        """``q (B R, h, l, D)``, the newest ``l`` positions, over the cached keys (heads ``heads``).
+    def _with_persistent(self, pattern, bias, global_idx, lengths, keys, batch, heads, q_len, k_len):
+        """Put the persistent slots in front of the keys: every query sees them (global
+        keys), they carry no position (zero bias), and context positions shift by ``N``."""
+        if self.persistent is None:
+            return pattern, bias, tuple(global_idx), lengths, keys
+        N = self.persistent.n
+        pk, pv = self.persistent(batch, heads)
+        if keys is not None:
+            kh, vh = keys
+            keys = (torch.cat([pk.to(kh.dtype), kh], 2), torch.cat([pv.to(vh.dtype), vh], 2))
+        if bias is not None:
+            dense = bias.to_dense(q_len, k_len, k_len - q_len, pk.device, pk.dtype)
+            dense = torch.cat([dense.new_zeros(*dense.shape[:-1], N), dense], dim=-1)
+            bias = DenseBias(dense)
+        gidx = tuple(range(N)) + tuple(int(i) + N for i in global_idx)
+        return pattern, bias, gidx, None if lengths is None else lengths + N, keys
 
-        One path per element: the configured kernel over the cache's key sequence, queries
-        aligned with its last keys. Several paths: the shared prefix plus each path's suffix.
-        """
-        if not cache.shared:
-            k, v = cache.keys_values()
-            return attention(q, k[:, heads], v[:, heads], pattern, kernel=self.spec.kernel, bias=bias)
+    def _attend_split(self, q: Tensor, cache: KVCache, heads: slice, pattern: Pattern,
+                      bias: ScoreBias | None) -> Tensor:
+        """``q (B R, h, l, D)``, the newest ``l`` positions of ``R`` paths, over the shared
+        prefix (persistent slots in front) plus each path's suffix (heads ``heads``)."""
         BR, H, lq, D = q.shape
         B, R = cache.batch, cache.repeat
         (pk, pv), (sk, sv) = cache.prefix(), cache.suffix()
+        pk, pv = pk[:, heads], pv[:, heads]
+        if self.persistent is not None:
+            mk, mv = self.persistent(B, heads)
+            pk, pv = torch.cat([mk.to(pk.dtype), pk], 2), torch.cat([mv.to(pv.dtype), pv], 2)
         qp = q.view(B, R, H, lq, D).transpose(1, 2)  # (B, h, R, l, D)
-        out = split_attention(qp, pk[:, heads], pv[:, heads], sk[:, heads], sv[:, heads], pattern, bias=bias)
+        out = split_attention(qp, pk, pv, sk[:, heads], sv[:, heads], pattern, bias=bias)
         return out.transpose(1, 2).reshape(BR, H, lq, -1)
 
     @staticmethod
@@ -260,4 +257,13 @@ def rename_keys(old_to_new: dict[str, str]):
                     state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
     return hook
-__all__ = ["POSITIONS", "AttentionLayer", "AttentionSpec", "Positions", "rename_keys"]
+__all__ = ["POSITIONS", "AttentionLayer", "AttentionSpec", "rename_keys"]
+
+
+def _add_biases(a: ScoreBias | None, b: ScoreBias, q_len: int, k_len: int) -> ScoreBias:
+    """``a + b``; two biases of different kinds become one dense bias."""
+    if a is None:
+        return b
+    off = k_len - q_len
+    dense = a.to_dense(q_len, k_len, off, b.tensors()[0].device) + b.to_dense(q_len, k_len, off, b.tensors()[0].device)
+    return DenseBias(dense)

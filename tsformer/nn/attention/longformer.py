@@ -102,6 +102,7 @@ class LongformerSelfAttention(AttentionLayer):
             sel = torch.tensor(gidx, device=x.device)
             # The global query is only needed at the global rows.
             qg = x.new_zeros(B, L, E).index_copy(1, sel, self.query_global(x.index_select(1, sel)))
+            # Global rows score content only (rotary positions rotate them; score biases do not apply).
             qg, kg = self.positions.rotate(self.heads(qg)), self.positions.rotate(self.heads(proj[3]))
             out = global_rows(out, qg, kg, self.heads(proj[4]), gidx, lengths)
         return self.merge(out)
