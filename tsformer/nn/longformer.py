@@ -71,8 +71,12 @@ class LongformerLayer(nn.Module):
         self._register_load_state_dict_pre_hook(rename_keys({"out.": "attn.out."}))
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
-                cache: KVCache | None = None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache))
+                cache: KVCache | None = None, memory: Tensor | None = None) -> Tensor:
+        """``memory``: this layer's input hidden states of earlier segments (Transformer-XL),
+        normalised here like the segment's."""
+        mem = None if memory is None else self.norm1(memory)
+        kw = {} if mem is None else {"memory": mem}
+        x = x + self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache, **kw))
         return x if self.ff is None else x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -261,12 +265,56 @@ class LongformerCharLM(nn.Module):
         **encoder: :class:`LongformerEncoder` arguments (``one_sided`` is forced on).
     """
 
-    def __init__(self, vocab_size: int, dropout: float = 0.1, **encoder):
+    def __init__(self, vocab_size: int, dropout: float = 0.1, memory: dict | None = None, **encoder):
         super().__init__()
         encoder["one_sided"] = True
         self.encoder = LongformerEncoder(vocab_size, dropout=dropout, **encoder)
         self.lm_head = nn.Linear(self.encoder.embed.embedding_dim, vocab_size, bias=False)
         self.lm_head.weight = self.encoder.embed.weight  # tied (Press & Wolf 2017)
+        memory = dict(memory or {})
+        unknown = sorted(set(memory) - {"length", "eval_length"})
+        if unknown:
+            raise ValueError(f"model.memory takes length and eval_length, not {unknown}")
+        self.memory_length = int(memory.get("length") or 0)
+        self.eval_memory_length = int(memory.get("eval_length") or self.memory_length)
+        if self.memory_length or self.eval_memory_length:
+            if self.encoder.positions == "learned":
+                raise ValueError("model.memory needs relative positions (xl, rotary, alibi, relative or none): "
+                                 "a learned table cannot place memory positions before the segment")
+            for layer in self.encoder.layers:
+                if not type(layer.attn).segment_memory:
+                    raise ValueError(f"model.memory: attention type {layer.attn.spec.type!r} has no segment memory; "
+                                     "use mhsa, mqa or longformer")
+
+    @property
+    def uses_memory(self) -> bool:
+        """Whether training and evaluation run segment by segment with a memory."""
+        return self.memory_length > 0 or self.eval_memory_length > 0
+
+    def forward_segment(self, tokens: Tensor, memory: list[Tensor] | None = None,
+                        length: int | None = None) -> tuple[Tensor, list[Tensor]]:
+        """One segment with Transformer-XL's recurrence (Dai et al. 2019, Sec. 3.2).
+
+        Args:
+            tokens: ``(B, L)`` the segment.
+            memory: per layer, ``(B, M, d)`` that layer's inputs over the previous positions
+                (from the previous call), or None at the start of a stream.
+            length: memory kept for the next segment (default: ``memory.length`` in training,
+                ``memory.eval_length`` in evaluation).
+        Returns:
+            ``(B, L, vocab)`` logits and the next memory, taken without gradient.
+        """
+        if length is None:
+            length = self.memory_length if self.training else self.eval_memory_length
+        enc = self.encoder
+        x = enc.drop(enc.embed(tokens))
+        new_memory = []
+        for n, layer in enumerate(enc.layers):
+            mem = None if not memory else memory[n]
+            joined = x if mem is None else torch.cat([mem, x], dim=1)
+            new_memory.append(joined[:, max(0, joined.shape[1] - length) :].detach())
+            x = layer(x, memory=mem if mem is not None and mem.shape[1] else None)
+        return self.lm_head(enc.norm(x)), new_memory
 
     def forward(self, tokens: Tensor, cache: DecodeCache | None = None) -> Tensor:
         """``(B, L)`` ids -> ``(B, L, vocab)`` logits of the next character.

@@ -100,6 +100,9 @@ class AttentionLayer(nn.Module):
 
     patterns: ClassVar[tuple[str, ...] | None] = None
     causal_capable: ClassVar[bool] = True
+    segment_memory: ClassVar[bool] = False
+    """Whether ``forward`` takes ``memory``, earlier hidden states attended to as keys
+    (Transformer-XL's segment recurrence)."""
 
     spec: AttentionSpec
     pattern: Pattern
@@ -171,7 +174,12 @@ class AttentionLayer(nn.Module):
         """
         groups = [(slice(None), self.pattern)] if groups is None else list(groups)
         start = 0 if cache is None else cache.length
-        q, k = self.positions.rotate(q, start), self.positions.rotate(k, start)
+        extra = k.shape[-2] - q.shape[-2]  # keys before the first query: a segment memory
+        if extra and cache is not None:
+            raise ValueError("a segment memory and a decoding cache cannot be combined in one call")
+        q, k = self.positions.rotate(q, start + extra), self.positions.rotate(k, start)
+        if extra and lengths is not None:
+            lengths = lengths + extra
         stepping = cache is not None and cache.prefilled
         if cache is not None:
             cache.append(k, v) if stepping else cache.set_prefix(k, v)

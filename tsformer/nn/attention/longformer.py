@@ -72,29 +72,38 @@ class LongformerSelfAttention(AttentionLayer):
             groups.append((slice(plain, self.n_heads), SlidingWindow(s.window, s.one_sided, s.dilation)))
         return groups
 
+    segment_memory = True
+
     def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, memory: Tensor | None = None) -> Tensor:
         """``(B, L, E)`` -> ``(B, L, E)``: :meth:`context` through the output projection."""
-        return self.out(self.context(x, lengths, global_idx, cache))
+        return self.out(self.context(x, lengths, global_idx, cache, memory))
 
     def context(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, memory: Tensor | None = None) -> Tensor:
         """Args:
             x: ``(B, L, E)``.
             lengths: ``(B,)`` valid positions per element (keys beyond are masked), or None.
             global_idx: positions with global attention (shared by the batch).
             cache: decoding cache (causal windows only; no global tokens).
+            memory: ``(B, M, E)`` earlier hidden states attended to as keys (Transformer-XL;
+                no global tokens).
         Returns:
             ``(B, L, E)`` concatenated head outputs, before the output projection.
         """
         B, L, E = x.shape
         gidx = sorted({int(i) for i in global_idx if 0 <= int(i) < L}) if self.has_global else []
+        if memory is not None:
+            if gidx:
+                raise ValueError("global tokens cannot be combined with a segment memory")
+            x = torch.cat([memory.to(x.dtype), x], dim=1)
         names = ["query", "key", "value"] + (["key_global", "value_global"] if gidx else [])
         # One packed matmul for all full-length projections: fewer passes over x.
         w = torch.cat([getattr(self, n).weight for n in names])
         b = torch.cat([getattr(self, n).bias for n in names])
         proj = F.linear(x, w, b).split(E, dim=-1)
         q, k, v = (self.heads(t) for t in proj[:3])
+        q = q[:, :, -L:]  # queries of the segment only (keys also cover the memory)
         if cache is not None and gidx:
             raise ValueError("global tokens have no incremental decoding (they see every later position)")
         out = self.attend(q, k, v, lengths, cache, gidx, self._patterns())

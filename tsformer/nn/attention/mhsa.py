@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from tsformer.nn.attention.base import AttentionLayer, AttentionSpec, rename_keys
@@ -28,9 +29,16 @@ class MultiHeadSelfAttention(AttentionLayer):
         # Checkpoints from before positions were a module kept Shaw's table as ``rel_k``.
         self._register_load_state_dict_pre_hook(rename_keys({"rel_k.": "positions.rel_k."}))
 
+    segment_memory = True
+
     def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
-                cache: KVCache | None = None) -> Tensor:
-        """``(B, L, d_model)`` -> ``(B, L, d_model)`` (padded rows: don't care)."""
+                cache: KVCache | None = None, memory: Tensor | None = None) -> Tensor:
+        """``(B, L, d_model)`` -> ``(B, L, d_model)`` (padded rows: don't care).
+
+        ``memory``: ``(B, M, d_model)`` earlier hidden states (detached by the caller) whose
+        keys and values come before the segment's (Transformer-XL, Dai et al. 2019, Eq. 1).
+        """
         B, L, _ = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return self.out(self.merge(self.attend(q, k, v, lengths, cache, global_idx)))
+        h = x if memory is None else torch.cat([memory.to(x.dtype), x], dim=1)
+        q, k, v = self.qkv(h).view(B, h.shape[1], 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.out(self.merge(self.attend(q[:, :, -L:], k, v, lengths, cache, global_idx)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from tsformer.nn.attention.base import AttentionLayer, AttentionSpec
@@ -31,11 +32,15 @@ class MultiQueryAttention(AttentionLayer):
         self.kv = nn.Linear(d_model, 2 * self.head_dim)  # one key head and one value head
         self.out = nn.Linear(d_model, d_model)
 
+    segment_memory = True
+
     def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
-                cache: KVCache | None = None) -> Tensor:
-        """``(B, L, d_model)`` -> ``(B, L, d_model)``."""
-        B, L, _ = x.shape
+                cache: KVCache | None = None, memory: Tensor | None = None) -> Tensor:
+        """``(B, L, d_model)`` -> ``(B, L, d_model)``; ``memory`` as in ``mhsa``."""
         q = self.heads(self.q(x))  # (B, H, L, D)
+        if memory is not None:
+            x = torch.cat([memory.to(x.dtype), x], dim=1)
+        B, L, _ = x.shape
         k, v = self.kv(x).view(B, 1, L, 2, self.head_dim).unbind(-2)  # (B, 1, L, D) each
         # Broadcast views, no copies: the kernels see ordinary (B, H, L, D) keys and values.
         k, v = k.expand(B, self.n_heads, L, self.head_dim), v.expand(B, self.n_heads, L, self.head_dim)

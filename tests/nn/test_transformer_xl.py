@@ -1,0 +1,96 @@
+"""Transformer-XL segment recurrence (Dai et al. 2019): memory equals the block-masked long
+forward, carries no gradient, and can be longer in evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from tsformer.attention import Pattern
+from tsformer.nn.longformer import LongformerCharLM
+
+
+@dataclass(frozen=True)
+class SegmentBlocks(Pattern):
+    """Query ``i`` sees keys ``j <= i`` in its own segment and the ``back`` segments before."""
+
+    size: int = 4
+    back: int = 1
+
+    @property
+    def causal(self) -> bool:
+        return True
+
+    def mask_fn(self, q_len, k_len, device=None, q_offset=0):
+        S, back = self.size, self.back
+        return lambda b, h, q, k: (k <= q) & (k >= (torch.div(q, S, rounding_mode="floor") - back) * S)
+
+
+def _lm(S, positions="xl", eval_length=None, type_="mhsa"):
+    torch.manual_seed(0)
+    attention = {"type": type_, "pattern": "causal" if type_ == "mhsa" else "window", "positions": positions}
+    if type_ == "longformer":
+        attention["window"] = 64
+    return LongformerCharLM(vocab_size=11, d_model=16, n_heads=2, n_layers=2, d_ff=32, window=[64, 64],
+                            max_tokens=256, dropout=0.0, attention=attention,
+                            memory={"length": S, "eval_length": eval_length or S})
+
+
+def _long_forward(lm, tokens, S, back):
+    for layer in lm.encoder.layers:
+        pattern = SegmentBlocks(S, back)
+        layer.attn.pattern = pattern
+        if hasattr(layer.attn, "_patterns"):  # Longformer builds its head groups' patterns
+            layer.attn._patterns = lambda p=pattern: [(slice(None), p)]
+        layer.attn.spec.kernel = "reference"
+    return lm(tokens)
+
+
+@pytest.mark.parametrize("positions", ["xl", "rotary", "alibi"])
+@pytest.mark.parametrize("type_", ["mhsa", "longformer"])
+def test_segments_with_memory_equal_one_long_forward_with_the_block_mask(positions, type_):
+    S = 5
+    lm = _lm(S, positions, type_=type_).train()  # training memory length
+    tokens = torch.randint(0, 11, (2, 4 * S))
+    mem, parts = None, []
+    for s in range(4):
+        logits, mem = lm.forward_segment(tokens[:, s * S : (s + 1) * S], mem)
+        parts.append(logits)
+        assert all(m.shape == (2, S, 16) for m in mem)
+    assert_close(torch.cat(parts, 1), _long_forward(lm, tokens, S, back=1), rtol=1e-4, atol=1e-5)
+
+
+def test_no_gradient_flows_into_the_memory():
+    S = 4
+    lm = _lm(S).train()
+    tokens = torch.randint(0, 11, (2, 2 * S))
+    _, mem = lm.forward_segment(tokens[:, :S])
+    assert all(not m.requires_grad and m.grad_fn is None for m in mem)
+    logits, _ = lm.forward_segment(tokens[:, S:], mem)
+    logits.sum().backward()  # reaches the weights through the memory's keys (W_k SG(h)), not the memory
+    assert lm.encoder.layers[0].attn.qkv.weight.grad is not None
+
+
+def test_evaluation_with_a_longer_memory():
+    S = 4
+    lm = _lm(S, eval_length=2 * S).eval()
+    tokens = torch.randint(0, 11, (2, 5 * S))
+    mem, parts = None, []
+    with torch.no_grad():
+        for s in range(5):
+            logits, mem = lm.forward_segment(tokens[:, s * S : (s + 1) * S], mem)
+            parts.append(logits)
+        assert mem[0].shape == (2, 2 * S, 16)
+        assert_close(torch.cat(parts, 1), _long_forward(lm, tokens, S, back=2), rtol=1e-4, atol=1e-5)
+
+
+def test_memory_needs_relative_positions_and_a_layer_that_takes_it():
+    with pytest.raises(ValueError, match="learned table"):
+        LongformerCharLM(vocab_size=11, d_model=16, n_heads=2, n_layers=1, d_ff=32, window=[8], max_tokens=64,
+                         attention={"positions": "learned"}, memory={"length": 8})
+    with pytest.raises(ValueError, match="length and eval_length"):
+        LongformerCharLM(vocab_size=11, d_model=16, n_heads=2, n_layers=1, d_ff=32, window=[8], max_tokens=64,
+                         memory={"size": 8})
