@@ -225,8 +225,11 @@ class SentencePieceTokenizer(_SentencePieceModel):
 class CharVocab(_Characters):
     """Characters of the training text; id 0 is reserved for unseen characters.
 
+    Encoding is vectorised (code points through a lookup table), so tens of millions of
+    characters take about a second.
+
     Args:
-        chars: the characters, in id order (ids start at 1).
+        chars (str): the characters, in id order (ids start at 1).
     """
 
     def __init__(self, chars: str):
@@ -235,13 +238,44 @@ class CharVocab(_Characters):
 
     @classmethod
     def fit(cls, text: str) -> CharVocab:
+        """Every character of ``text``, in code-point order (``sorted(set(text))``).
+
+        Args:
+            text (str): the training text.
+
+        Returns:
+            CharVocab: the vocabulary.
+        """
         return cls("".join(sorted(set(text))))
 
     def __len__(self) -> int:
         return self.vocab_size
 
-    def encode(self, text: str) -> np.ndarray:
-        return np.fromiter((self.index.get(c, 0) for c in text), dtype=np.int64, count=len(text))
+    @property
+    def dtype(self) -> np.dtype:
+        """The smallest integer dtype torch holds every id of this vocabulary in (uint8 up to
+        255 characters, then int16, int32)."""
+        n = len(self.symbols)
+        return np.dtype(np.uint8 if n <= 255 else np.int16 if n <= 32767 else np.int32)
+
+    def encode(self, text: str, dtype: np.dtype | type = np.int64) -> np.ndarray:
+        """Ids of the characters of ``text``; 0 for a character not in the vocabulary.
+
+        Args:
+            text (str): the text to encode.
+            dtype (np.dtype | type): dtype of the result (:attr:`dtype` is the compact one).
+
+        Returns:
+            np.ndarray: one id per character.
+        """
+        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # code points
+        if not len(cps):
+            return np.zeros(0, dtype)
+        table = np.zeros(int(cps.max()) + 1, dtype)
+        own = np.fromiter(map(ord, self.symbols), dtype=np.int64, count=len(self.symbols))
+        keep = own < len(table)
+        table[own[keep]] = np.arange(1, len(own) + 1)[keep]
+        return table[cps]
 
     def decode(self, ids) -> str:
         return "".join(self.symbols[i - 1] if 0 < i <= len(self.symbols) else "\ufffd" for i in ids)
