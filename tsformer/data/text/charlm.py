@@ -1,9 +1,10 @@
-"""Character language-modelling data: one text file cut into train / val / test parts,
-random training windows and tiling evaluation windows."""
+"""Character language-modelling data: one text file cut into train / val / test parts, or a
+folder of books split by whole book; random training windows and tiling evaluation windows."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tsformer.data.errors import DataError
 from tsformer.data.samplers import ShardedSampler
+from tsformer.data.text.books import book_split, read_book
 from tsformer.data.tokenizers import CharVocab
 
 
@@ -29,7 +31,7 @@ class RandomWindows(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = int(i)
-        w = self.ids[s : s + self.context + 1]
+        w = self.ids[s : s + self.context + 1].long()  # ids are stored compact (uint8 / int16)
         return {"inputs": w[:-1], "targets": w[1:], "weight": torch.ones(self.context)}
 
 
@@ -46,7 +48,7 @@ class TilingWindows(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = i * self.context
-        w = self.ids[s : s + self.context + 1]
+        w = self.ids[s : s + self.context + 1].long()
         n = len(w) - 1
         pad = self.context - n
         inputs = torch.nn.functional.pad(w[:-1], (0, pad))
@@ -56,36 +58,71 @@ class TilingWindows(Dataset):
 
 
 class CharLMDataModule(pl.LightningDataModule):
-    """Character LM data from one plain text file, cut into contiguous train/val/test parts.
+    """Character LM data from one plain text file or a folder of ``.txt`` books.
+
+    - A file is cut into contiguous parts: train, then val (``val_fraction``), then test
+      (``test_fraction``).
+    - A folder is split by whole book (:mod:`tsformer.data.text.books`): ``split`` or, when
+      None, the "Proposed fixed split" block of the folder's ``PROVENANCE.txt``. Each book is
+      read as UTF-8 with a leading BOM dropped and ``\r\n`` -> ``\n``; with
+      ``strip_gutenberg`` only the text between its ``*** START OF`` and ``*** END OF`` lines
+      is kept. The books of a split are joined with ``separator``, never across splits, so
+      no character of a val or test book is in the training stream. ``val_fraction`` and
+      ``test_fraction`` are not used.
+
+    The vocabulary is the characters of the training part (``separator`` included for a
+    folder); a val / test character outside it is id 0, a class of its own that the model
+    never sees as a training target (it is scored, not skipped: its cost enters the bpc).
+    Ids are kept as one compact array per split (uint8 up to 255 characters).
 
     Args:
-        path: a UTF-8 text file.
-        context: characters per training window (the model's attention still only looks
+        path (str): a UTF-8 text file, or a folder of ``<book>.txt`` files.
+        context (int): characters per training window (the model's attention still only looks
             ``window`` back).
-        val_fraction, test_fraction: the last parts of the file (val before test).
-        train_samples: random training windows per epoch.
-        batch_size, eval_batch_size, num_workers: loader settings.
-        seed: seed of the random windows.
+        val_fraction (float): file only: share of the file for validation (before the test part).
+        test_fraction (float): file only: share of the file for the test part (its end).
+        split (Mapping | None): folder only: ``{train: [...], val: [...], test: [...]}`` book
+            names (file stems); None reads the folder's ``PROVENANCE.txt``.
+        strip_gutenberg (bool): folder only: strip the Project Gutenberg header and footer
+            (a book without the marker lines is an error).
+        separator (str): folder only: put between two books of a split.
+        train_samples (int): random training windows per epoch.
+        batch_size (int): training batch size.
+        eval_batch_size (int): validation / test batch size.
+        num_workers (int): loader worker processes.
+        seed (int): seed of the random windows.
     """
 
     resume_batches = 0  # batches of the current epoch already trained (set by train() on resume)
 
     def __init__(self, path: str, context: int = 512, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                 split: Mapping | None = None, strip_gutenberg: bool = True, separator: str = "\n\n",
                  train_samples: int = 10_000, batch_size: int = 16, eval_batch_size: int = 16,
                  num_workers: int = 0, seed: int = 0):
         super().__init__()
         self.path, self.context = path, context
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.split, self.strip_gutenberg, self.separator = split, strip_gutenberg, separator
         self.train_samples, self.batch_size, self.eval_batch_size = train_samples, batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
         self.vocab: CharVocab | None = None
+        self.books: dict[str, list[str]] | None = None  # folder: the book stems of each split
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
         path = Path(self.path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
+        if path.is_dir():
+            parts = self._read_books(path)
+        elif path.is_file():
+            parts = self._read_file(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+        self.vocab = CharVocab.fit(parts["train"])
+        self.ids = {k: self.vocab.encode(v, self.vocab.dtype) for k, v in parts.items()}
+
+    def _read_file(self, path: Path) -> dict[str, str]:
+        """One file cut into contiguous train / val / test parts by fraction."""
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -95,9 +132,20 @@ class CharLMDataModule(pl.LightningDataModule):
         n_train = n - n_val - n_test
         if n_train < self.context + 2 or n_test < 2:
             raise DataError(f"{path}: {n} characters is too short for context {self.context} and a test part")
-        parts = {"train": text[:n_train], "val": text[n_train : n_train + n_val], "test": text[n_train + n_val :]}
-        self.vocab = CharVocab.fit(parts["train"])
-        self.ids = {k: self.vocab.encode(v) for k, v in parts.items()}
+        return {"train": text[:n_train], "val": text[n_train : n_train + n_val], "test": text[n_train + n_val :]}
+
+    def _read_books(self, folder: Path) -> dict[str, str]:
+        """The books of each split, joined with the separator."""
+        files = book_split(folder, self.split)
+        self.books = {k: [f.stem for f in fs] for k, fs in files.items()}
+        parts = {k: self.separator.join(read_book(f, self.strip_gutenberg) for f in fs) for k, fs in files.items()}
+        if len(parts["train"]) < self.context + 2:
+            raise DataError(f"{folder}: the training books {self.books['train']} have {len(parts['train'])} "
+                            f"characters, too few for context {self.context}")
+        for k in ("val", "test"):
+            if len(parts[k]) < 2:
+                raise DataError(f"{folder}: the {k} books {self.books[k]} have {len(parts[k])} character(s); need 2")
+        return parts
 
     def model_kwargs(self) -> dict:
         return {"vocab_size": len(self.vocab)}
