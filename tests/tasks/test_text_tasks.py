@@ -86,3 +86,23 @@ def test_charlm_train_end_to_end(tmp_path):
     assert 0 < metrics["test/bpc"] < 8
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["char_vocab"] == "".join(sorted(set(text.read_text())))
+
+
+def test_pgbooks_train_end_to_end_on_the_shipped_excerpt(tmp_path):
+    """task=pgbooks as shipped (the excerpt folder, PROVENANCE split), cut to a few steps: the
+    vocabulary in the checkpoint is that of the training books, the test book scored."""
+    from tsformer.data.text.books import read_book
+    from tsformer.train import REPO_ROOT
+
+    run = tmp_path / "run"
+    cfg = compose_config(["task=pgbooks", "data.context=64", "data.train_samples=32", "data.batch_size=8",
+                          "data.eval_batch_size=64", "trainer.max_steps=3", "trainer.val_check_interval=3",
+                          "model.d_model=32", "model.n_heads=4", "model.d_ff=64", "model.window=[8,8,16]",
+                          f"run_dir={run}", *QUIET])
+    assert cfg.task_name == "pgbooks" and cfg.data.path.endswith("data/pgbooks_excerpt") and cfg.data.split is None
+    metrics = train(cfg)
+    assert 0 < metrics["test/bpc"] < 10
+    train_text = "\n\n".join(read_book(REPO_ROOT / "data/pgbooks_excerpt" / f"{b}.txt")
+                             for b in ("pride_and_prejudice", "bleak_house"))
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["char_vocab"] == "".join(sorted(set(train_text)))
