@@ -7,8 +7,8 @@
   (``.mfc`` cepstra files), ``audio`` (audio files, log-mel features), ``datamodule`` (the
   shared :class:`SpeechDataModule`).
 - ``text/``: ``documents`` (CSV, JSONL, folder trees), ``hyperpartisan`` (SemEval-2019
-  XML), ``imdb``, ``readers`` (any of them by format), ``splits``, ``classification`` and
-  ``charlm`` (the DataModules).
+  XML), ``imdb``, ``readers`` (any of them by format), ``splits``, ``books`` (folders of
+  Project Gutenberg books, split by book), ``classification`` and ``charlm`` (the DataModules).
 - shared: ``errors`` (:class:`DataError`), ``samplers`` (rank sharding, resumable order,
   length buckets), ``tokenizers`` (CTC, document SentencePiece, characters).
 """
