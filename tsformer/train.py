@@ -156,6 +156,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         loaded = init_weights_from(net, cfg.init_from)
         log.info("initialised %d of %d tensors from %s", len(loaded), len(net.state_dict()), cfg.init_from)
     module = instantiate(cfg.module, _convert_="all", net=net)
+    if hasattr(module, "check_data"):  # a model/data mismatch fails before anything is written
+        module.check_data(datamodule)
 
     rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
     if rank_zero:

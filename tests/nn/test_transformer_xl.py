@@ -94,3 +94,51 @@ def test_memory_needs_relative_positions_and_a_layer_that_takes_it():
     with pytest.raises(ValueError, match="length and eval_length"):
         LongformerCharLM(vocab_size=11, d_model=16, n_heads=2, n_layers=1, d_ff=32, window=[8], max_tokens=64,
                          memory={"size": 8})
+
+
+def test_stream_windows_continue_each_row_and_score_every_target_once():
+    import numpy as np
+
+    from tsformer.data.text.charlm import StreamSampler, StreamWindows
+
+    ids = np.arange(1, 104, dtype=np.int64) % 250  # 103 characters: 102 targets
+    sampler = StreamSampler(len(ids), context=8, streams=3, shuffle=False)
+    ds = StreamWindows(ids, 8)
+    items = [ds[i] for i in sampler]
+    batches = [items[i : i + 3] for i in range(0, len(items), 3)]
+    for t, batch in enumerate(batches):
+        assert all(int(x["segment"]) == t for x in batch)
+        if t:  # row r continues where it stopped
+            for r in range(3):
+                prev, cur = batches[t - 1][r], batch[r]
+                if cur["weight"].sum() and prev["weight"].all():
+                    assert int(cur["inputs"][0]) == int(prev["targets"][-1])
+    targets = torch.cat([x["targets"][x["weight"] > 0] for x in items])
+    assert sorted(targets.tolist()) == sorted(ids[1:].tolist())  # every target exactly once
+    train = StreamSampler(len(ids), context=8, streams=2, shuffle=True, seed=0, segments=3)
+    train.set_epoch(1)
+    first = list(train)
+    train.set_epoch(1)
+    assert list(train) == first and len(first) == 6  # a function of (seed, epoch)
+
+
+@pytest.mark.slow
+def test_transformer_xl_trains_segment_by_segment(tmp_path):
+    from tsformer.train import compose_config, train
+
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 80)
+    cfg = compose_config([
+        "task=charlm", f"data.path={text}", "data.context=32", "data.train_samples=32", "data.batch_size=4",
+        "data.eval_batch_size=4", "data.stream=true", "model.attention.type=mhsa", "model.attention.pattern=causal",
+        "model.attention.positions=xl", "model.memory.length=32", "model.memory.eval_length=64", "trainer.max_steps=4",
+        "trainer.val_check_interval=4", "model.d_model=32", "model.n_heads=4", "model.d_ff=64",
+        "model.window=[8,8,16]", f"run_dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "print_metrics=false"])
+    assert 0 < train(cfg)["test/bpc"] < 8
+    bad = compose_config(["task=charlm", f"data.path={text}", "data.context=32", "model.attention.type=mhsa",
+                          "model.attention.pattern=causal", "model.attention.positions=xl",
+                          "model.memory.length=32", "trainer.max_steps=1", f"run_dir={tmp_path / 'bad'}"])
+    with pytest.raises(ValueError, match="data.stream=true"):
+        train(bad)
+    assert not (tmp_path / "bad").exists()  # nothing written

@@ -22,8 +22,14 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
 
     The character vocabulary is stored in checkpoints (``checkpoint["char_vocab"]``, str).
 
+    A network with a segment memory (``model.memory``, Transformer-XL) runs segment by
+    segment: batch ``t`` holds segment ``t`` of ``B`` contiguous streams (``data.stream``,
+    which the data marks with ``batch["segment"]``), and each row's memory carries over from
+    the previous batch (per stage; reset where a stream starts).
+
     Args:
-        net: ``forward(tokens (B, L)) -> (B, L, V)`` logits.
+        net: ``forward(tokens (B, L)) -> (B, L, V)`` logits (and, with a memory,
+            ``forward_segment(tokens, memory) -> (logits, memory)``).
         lr, weight_decay, warmup_steps: AdamW with warm-up and cosine decay.
     """
 
@@ -32,9 +38,30 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         self._sums: dict[str, list[float]] = {}
+        self._memory: dict[str, list[Tensor] | None] = {}
 
-    def _nll(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = self.net(batch["inputs"])
+    def check_data(self, datamodule) -> None:
+        """ValueError if the data cannot serve the network (a memory needs streams)."""
+        if getattr(self.net, "uses_memory", False) and not getattr(datamodule, "stream", False):
+            raise ValueError("model.memory (Transformer-XL) needs the data as contiguous streams: set data.stream=true")
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None:
+            self.check_data(dm)
+
+    def _logits(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        if not getattr(self.net, "uses_memory", False):
+            return self.net(batch["inputs"])
+        mem = self._memory.get(stage)
+        fresh = "segment" in batch and int(batch["segment"][0]) == 0
+        if fresh or mem is None or mem[0].shape[0] != len(batch["inputs"]):
+            mem = None
+        logits, self._memory[stage] = self.net.forward_segment(batch["inputs"], mem)
+        return logits
+
+    def _nll(self, batch: dict[str, Tensor], stage: str = "train") -> tuple[Tensor, Tensor]:
+        logits = self._logits(batch, stage)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="none")
         w = batch["weight"].flatten().to(nll.dtype)
         return (nll * w).sum(), w.sum()
@@ -47,12 +74,13 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
         return self.with_aux(loss, len(batch["inputs"]))
 
     def _eval_step(self, stage: str, batch) -> None:
-        s, n = self._nll(batch)
+        s, n = self._nll(batch, stage)
         acc = self._sums.setdefault(stage, [0.0, 0.0])
         acc[0] += float(s)
         acc[1] += float(n)
 
     def _eval_end(self, stage: str) -> None:
+        self._memory.pop(stage, None)
         s, n = self._sums.pop(stage, [0.0, 0.0])
         if self.trainer.world_size > 1:  # each rank scored its own shard
             s, n = self.all_gather(torch.tensor([s, n], dtype=torch.float64, device=self.device)).sum(0).tolist()

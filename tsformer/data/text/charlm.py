@@ -57,6 +57,75 @@ class TilingWindows(Dataset):
         return {"inputs": inputs, "targets": targets, "weight": weight}
 
 
+class StreamWindows(Dataset):
+    """Windows of ``B`` contiguous streams for segment recurrence (Transformer-XL): item
+    ``(start, stop, t)`` is the window of inputs ``[start, stop)`` (at most ``context``;
+    padded with ``weight`` 0), segment ``t`` of its stream. :class:`StreamSampler` orders
+    them so that batch ``t`` holds segment ``t`` of every stream, row ``r`` always stream
+    ``r``."""
+
+    def __init__(self, ids: np.ndarray, context: int):
+        self.ids, self.context = torch.from_numpy(ids), context
+
+    def __len__(self) -> int:
+        return max(1, len(self.ids) - 1)
+
+    def __getitem__(self, item: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        start, stop, t = item
+        n = max(0, stop - start)
+        w = self.ids[start : start + n + 1].long()
+        pad = self.context - n
+        return {
+            "inputs": torch.nn.functional.pad(w[:-1], (0, pad)),
+            "targets": torch.nn.functional.pad(w[1:], (0, pad)),
+            "weight": torch.cat([torch.ones(n), torch.zeros(pad)]),
+            "segment": torch.tensor(t),
+        }
+
+
+class StreamSampler(ShardedSampler):
+    """Yields ``(start, stop, t)`` so that consecutive batches of ``streams`` items continue
+    each stream (one process; segment memory across ranks is not supported).
+
+    Training (``shuffle=True``): ``streams`` random starts drawn from ``seed + epoch``,
+    ``segments`` consecutive windows from each. Evaluation: the split cut into ``streams``
+    contiguous parts whose every target is predicted exactly once.
+    """
+
+    def __init__(self, n_chars: int, context: int, streams: int, shuffle: bool, seed: int = 0,
+                 segments: int | None = None):
+        super().__init__(1, shuffle, seed)
+        self.n_chars, self.context, self.streams = n_chars, context, streams
+        n_inputs = max(1, n_chars - 1)  # every input position but the last has a target
+        if shuffle:
+            self.segments = max(1, segments or 1)
+        else:
+            self.part = math.ceil(n_inputs / streams)
+            self.segments = math.ceil(self.part / context)
+        self.num_samples = self.total_size = self.segments * streams
+
+    def _items(self) -> list[tuple[int, int, int]]:
+        C, B, n_inputs = self.context, self.streams, max(1, self.n_chars - 1)
+        items = []
+        if self.shuffle:
+            span = self.segments * C
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            starts = torch.randint(0, max(1, n_inputs - span + 1), (B,), generator=g).tolist()
+            ends = [min(n_inputs, s + span) for s in starts]
+        else:
+            starts = [r * self.part for r in range(B)]
+            ends = [min(n_inputs, (r + 1) * self.part) for r in range(B)]
+        for t in range(self.segments):
+            for r in range(B):
+                a = min(starts[r] + t * C, ends[r])
+                items.append((a, min(a + C, ends[r]), t))
+        return items
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        return iter(self._items()[skip:])
+
+
 class CharLMDataModule(pl.LightningDataModule):
     """Character LM data from one plain text file or a folder of ``.txt`` books.
 
@@ -91,6 +160,10 @@ class CharLMDataModule(pl.LightningDataModule):
         eval_batch_size (int): validation / test batch size.
         num_workers (int): loader worker processes.
         seed (int): seed of the random windows.
+        stream (bool): serve ``batch_size`` (``eval_batch_size``) contiguous streams instead of
+            random (tiling) windows: batch ``t`` is window ``t`` of every stream, for models
+            with a segment memory (``model.memory``, Transformer-XL). Training streams start
+            at random places each epoch and run ``train_samples / batch_size`` windows.
     """
 
     resume_batches = 0  # batches of the current epoch already trained (set by train() on resume)
@@ -98,13 +171,13 @@ class CharLMDataModule(pl.LightningDataModule):
     def __init__(self, path: str, context: int = 512, val_fraction: float = 0.05, test_fraction: float = 0.05,
                  split: Mapping | None = None, strip_gutenberg: bool = True, separator: str = "\n\n",
                  train_samples: int = 10_000, batch_size: int = 16, eval_batch_size: int = 16,
-                 num_workers: int = 0, seed: int = 0):
+                 num_workers: int = 0, seed: int = 0, stream: bool = False):
         super().__init__()
         self.path, self.context = path, context
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split, self.strip_gutenberg, self.separator = split, strip_gutenberg, separator
         self.train_samples, self.batch_size, self.eval_batch_size = train_samples, batch_size, eval_batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.stream = num_workers, seed, bool(stream)
         self.vocab: CharVocab | None = None
         self.books: dict[str, list[str]] | None = None  # folder: the book stems of each split
 
@@ -150,7 +223,19 @@ class CharLMDataModule(pl.LightningDataModule):
     def model_kwargs(self) -> dict:
         return {"vocab_size": len(self.vocab)}
 
+    def _streams(self, split: str, batch: int, shuffle: bool) -> DataLoader:
+        ids = self.ids[split]
+        segments = math.ceil(self.train_samples / batch) if shuffle else None
+        sampler = StreamSampler(len(ids), self.context, batch, shuffle, self.seed, segments)
+        if shuffle and self.resume_batches:
+            sampler.skip(self.resume_batches * batch)
+            self.resume_batches = 0
+        return DataLoader(StreamWindows(ids, self.context), batch_size=batch, sampler=sampler,
+                          num_workers=self.num_workers)
+
     def train_dataloader(self):
+        if self.stream:
+            return self._streams("train", self.batch_size, shuffle=True)
         ds = RandomWindows(self.ids["train"], self.context, self.train_samples, self.seed)
         sampler = ShardedSampler(len(ds), shuffle=True, seed=self.seed, limit=self.train_samples)
         if self.resume_batches:  # continue mid-epoch where a resumed run stopped
@@ -161,9 +246,13 @@ class CharLMDataModule(pl.LightningDataModule):
     def val_dataloader(self):
         if len(self.ids["val"]) < 2:
             return []
+        if self.stream:
+            return self._streams("val", self.eval_batch_size, shuffle=False)
         ds = TilingWindows(self.ids["val"], self.context)
         return DataLoader(ds, batch_size=self.eval_batch_size, sampler=ShardedSampler(len(ds), shuffle=False))
 
     def test_dataloader(self):
+        if self.stream:
+            return self._streams("test", self.eval_batch_size, shuffle=False)
         ds = TilingWindows(self.ids["test"], self.context)
         return DataLoader(ds, batch_size=self.eval_batch_size, sampler=ShardedSampler(len(ds), shuffle=False))
