@@ -176,6 +176,26 @@ def test_reference_bias_matches_formulas(name, Lq, Lk, off):
         assert_close(out, _naive_biased(q, k, v, pattern, fn, off), **TOL)
 
 
+@pytest.mark.parametrize("kind", ["slope", "slope_symmetric", "table_head", "table_query"])
+def test_relative_matches_dense(kind):
+    """``ScoreBias.relative``, the form the sparse kernels gather, equals the reference's
+    ``to_dense`` at every pair, on a subset of query rows, and with one row of offsets
+    shared by every query."""
+    B, Lq, Lk, off = 2, 5, 12, 4
+    bias = _make_bias(kind, B, Lq, Lk, torch.Generator().manual_seed(3), grad=False)
+    dense = bias.to_dense(Lq, Lk, off).expand(B, H, Lq, Lk)
+    pos = torch.arange(Lq) + off
+    rel = torch.arange(Lk)[None, :] - pos[:, None]  # (Lq, Lk)
+    assert_close(bias.relative(rel).expand(B, H, Lq, Lk), dense)
+    rows = torch.tensor([3, 0])
+    assert_close(bias.relative(rel[rows], rows=rows).expand(B, H, 2, Lk), dense[:, :, rows])
+    shared = torch.tensor([[-4, -1, 0, 2]])  # key minus query, the same for every row
+    got = bias.relative(shared).expand(B, H, Lq, 4)
+    assert_close(got, dense.gather(-1, (pos[:, None] + shared).expand(B, H, Lq, 4)))
+    with pytest.raises(NotImplementedError, match="DenseBias"):
+        DenseBias(torch.zeros(1, 1, Lq, Lk)).relative(rel)
+
+
 def test_default_offset_is_bottom_right():
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, H, 3, 4, generator=g), torch.randn(1, H, 10, 4, generator=g)
