@@ -146,6 +146,28 @@ def test_fully_masked_rows_are_zero_with_zero_grads():
         assert (out[1, :, 7:] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("core", [SlidingWindow(3, one_sided=True), LogSparse(local=2)], ids=["window", "logsparse"])
+def test_rows_without_any_key_have_finite_gradients(core, dtype):
+    """Rows with no core key whose global keys are all padded: zero outputs and gradients
+    equal to the reference's, also for output gradients above 4 (the merge once divided by
+    the smallest normal number there, and 4 / tiny overflows to inf, then 0 * inf = NaN)."""
+    L = 20
+    pattern = core.with_globals([15]).with_padding(torch.tensor([20, 4]))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, L, 8, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    out = attention(q, k, v, pattern, kernel="sparse")
+    ref = attention(q, k, v, pattern, kernel="reference")
+    empty = ~pattern.to_dense(L).any(-1)  # (B, 1, L): rows with no key
+    assert empty.any()
+    assert (out.masked_fill(~empty[..., None], 0) == 0).all() and (out[~empty.expand(2, 2, L)] != 0).any()
+    got = torch.autograd.grad((out * 8).sum(), [q, k, v])
+    want = torch.autograd.grad((ref * 8).sum(), [q, k, v])
+    for a, b in zip(got, want, strict=True):
+        assert torch.isfinite(a).all()
+        assert_close(a, b, **(TOL if dtype == torch.float32 else {}))
+
+
 def test_zero_length_batch_element():
     pattern = LogSparse().with_padding(torch.tensor([9, 0]))
     _check("sparse", pattern, 9)

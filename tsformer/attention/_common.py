@@ -90,7 +90,11 @@ def attend(
     e_core = torch.exp(lse - mx)  # (B, H, L)
     e_g = torch.exp(sg - mx[..., None])  # (B, H, L, G)
     num = e_core[..., None] * out + torch.matmul(e_g, v.index_select(2, sel))
-    den = (e_core + e_g.sum(-1)).clamp_min(torch.finfo(q.dtype).tiny)
+    # den >= 1 on a row with any key (its max term is exp(0)); a row with none has num = 0
+    # and den = 0: dividing by 1 there gives 0 with a finite gradient, where dividing by
+    # the smallest normal would scale dO by 1 / tiny into inf (then 0 * inf = NaN).
+    den = e_core + e_g.sum(-1)
+    den = torch.where(den > 0, den, torch.ones_like(den))
     out = num / den[..., None]
 
     # Global rows: full attention over all valid keys.
