@@ -8,9 +8,11 @@ from torch.testing import assert_close
 
 from tsformer.attention import (
     Causal,
+    DenseBias,
     Full,
     LogSparse,
     SlidingWindow,
+    SlopeBias,
     attention,
     choose_kernel,
     get_kernel,
@@ -198,6 +200,13 @@ def test_sparse_refuses_what_it_cannot_do():
         attention(q, k, v, SlidingWindow(3), kernel="flex", dropout_p=0.1)
     with pytest.raises(ValueError, match="queries as keys"):
         attention(q[:, :, :5], k, v, SlidingWindow(3), kernel="sparse")
+    with pytest.raises(ValueError, match="head dims"):
+        attention(q, k, v[..., :4], LogSparse(), kernel="sparse")
+    with pytest.raises(ValueError, match="DenseBias"):
+        attention(q, k, v, LogSparse(), kernel="sparse", bias=DenseBias(torch.zeros(1, 1, 8, 8)))
+    # Fewer queries than keys are served (bottom-right by default), not refused.
+    out = attention(q[:, :, :5], k, v, LogSparse(), kernel="sparse")
+    assert_close(out, attention(q[:, :, :5], k, v, LogSparse(), kernel="reference"), **TOL)
     with pytest.raises(ValueError, match="unknown attention kernel"):
         attention(q, k, v, Full(), kernel="nope")
 
@@ -225,6 +234,10 @@ def test_auto_choice_on_cpu():
         assert choose_kernel(long_q, long_q, long_q, SlidingWindow(512)) == "sparse"
         assert choose_kernel(long_q, long_q, long_q, LogSparse()) == "sparse"
         assert choose_kernel(long_q, long_q, long_q, Full()) == "flex"
+    # Relative biases and query offsets: the sparse kernels serve them, a dense bias not.
+    slopes = SlopeBias(torch.ones(2, requires_grad=True))
+    assert choose_kernel(q[:, :, :1], k, v, LogSparse(), bias=slopes) == "sparse"
+    assert choose_kernel(q, k, v, LogSparse(), bias=DenseBias(torch.zeros(1, 2, 64, 64))) == "sdpa"
     # Training at length: flex has no CPU backward, so auto must not pick it.
     long_q.requires_grad_(True)
     assert choose_kernel(long_q, long_q, long_q, SlidingWindow(512)) == "sparse"
