@@ -61,23 +61,14 @@ def _serves_core(*cores):
     return serves
 
 
-def _window_square(pattern, bias, Lq, Lk, off):
-    core, _, _ = unwrap(pattern)
-    return isinstance(core, SlidingWindow) and bias == "none" and Lq == Lk and (off is None or off == 0)
-
-
-def _sparse(*args):
-    return _serves_core(LogSparse)(*args) or _window_square(*args)
-
-
 SERVES = {
     "reference": _all,
     "sdpa": _all,
     "flex": _all,
     "auto": _all,
-    "sparse": _sparse,
+    "sparse": _serves_core(LogSparse, SlidingWindow),
     "logsparse": _serves_core(LogSparse),
-    "window": _window_square,
+    "window": _serves_core(SlidingWindow),
 }
 EXACT = {"sparse", "logsparse", "window"}
 
@@ -160,9 +151,16 @@ def test_bias_offset_matrix(kernel, name, bias, Lq, Lk, off, padding):
             _run_grad_call("flex", PATTERNS[name], Lq, Lk, off)
 
 
-# --- the sparse kernels beyond the matrix: keys longer than a block, queries past the
-# last key, and decoding steps that read O(Lq) keys.
+# --- the sparse kernels beyond the matrix: keys longer than a block, both window paths,
+# queries past the last key, frozen biases, and decoding steps that read O(Lq) keys.
 
+LONG_PATTERNS = {
+    "window5": SlidingWindow(5),
+    "window4_causal": SlidingWindow(4, one_sided=True),
+    "window3_dil2": SlidingWindow(3, dilation=2),
+    "window5_globals": SlidingWindow(5).with_globals([0, 6, 250]),
+    "window150": SlidingWindow(150),  # reaches beyond a query block on both sides
+}
 # Keys longer than a query block (32..128): one query and 17 over 300 keys, bottom-right,
 # top-left and in the middle; a square call; queries reaching past the last key, and query
 # blocks whose whole window lies past it.
@@ -170,6 +168,23 @@ LONG_SHAPES = [
     (1, 300, None), (17, 300, None), (17, 300, 0), (17, 300, 101), (300, 300, None), (4, 6, 5), (200, 60, 10)
 ]
 LONG_BIASES = ["none", "slope", "table_head", "table_query"]
+
+
+@pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize(("Lq", "Lk", "off"), LONG_SHAPES, ids=[f"q{a}k{b}o{c}" for a, b, c in LONG_SHAPES])
+@pytest.mark.parametrize("bias", LONG_BIASES)
+@pytest.mark.parametrize("name", list(LONG_PATTERNS))
+def test_window_paths_long_keys(window_path, name, bias, Lq, Lk, off, padding):
+    _run("window", LONG_PATTERNS[name], bias, Lq, Lk, off, padding, grad=True, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("Lq", "Lk", "off"), [(17, 300, None), (33, 33, None), (5, 12, 0)])
+@pytest.mark.parametrize("bias", ["slope", "table_query"])
+@pytest.mark.parametrize("name", ["window5_globals", "window3_dil2", "window150"])
+def test_window_paths_frozen_bias(window_path, name, bias, Lq, Lk, off):
+    """A bias without gradient: the flash path keeps its own backward, the bias in its mask."""
+    _run("window", LONG_PATTERNS[name], bias, Lq, Lk, off, padding=True, grad=True, bias_grad=False,
+         dtype=torch.float64)
 
 
 @pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
@@ -204,14 +219,17 @@ def _reachable(pattern, Lq, Lk, off, margin):
     [
         ("logsparse", LogSparse(local=2), 0),
         ("logsparse", LogSparse(local=2, restart=700), 0),
+        ("window", SlidingWindow(9), 128),  # a query block's span reads past the band
+        ("window", SlidingWindow(200, one_sided=True), 128),
+        ("window", SlidingWindow(5, dilation=3), 2),  # cut to the reach (all residues) before the split
     ],
-    ids=["logsparse", "logsparse_restart"],
+    ids=["logsparse", "logsparse_restart", "window9", "window200_causal", "window5_dil3"],
 )
 @pytest.mark.parametrize(("Lq", "off"), [(1, None), (3, 1500)], ids=["decode", "middle"])
-def test_decoding_reads_only_reachable_keys(kernel, pattern, margin, bias, Lq, off):
+def test_decoding_reads_only_reachable_keys(window_path, kernel, pattern, margin, bias, Lq, off):
     """A few queries over a long cache: keys no query reaches (beyond a block's margin for
     the window kernel) hold NaN and must not reach the outputs or gradients, so the kernels
-    never score them: the work is O(Lq n) (log-sparse), not O(Lk)."""
+    never score them: the work is O(Lq n) (log-sparse) or O((Lq + w) w) (window), not O(Lk)."""
     B, D, Lk = 2, 8, 4000
     g = torch.Generator().manual_seed(7)
     q = torch.randn(B, H, Lq, D, generator=g, requires_grad=True)

@@ -198,15 +198,14 @@ def test_sparse_refuses_what_it_cannot_do():
         attention(q, k, v, LogSparse(), kernel="sparse", dropout_p=0.1)
     with pytest.raises(ValueError, match="dropout"):
         attention(q, k, v, SlidingWindow(3), kernel="flex", dropout_p=0.1)
-    with pytest.raises(ValueError, match="queries as keys"):
-        attention(q[:, :, :5], k, v, SlidingWindow(3), kernel="sparse")
     with pytest.raises(ValueError, match="head dims"):
-        attention(q, k, v[..., :4], LogSparse(), kernel="sparse")
+        attention(q, k, v[..., :4], SlidingWindow(3), kernel="sparse")
     with pytest.raises(ValueError, match="DenseBias"):
-        attention(q, k, v, LogSparse(), kernel="sparse", bias=DenseBias(torch.zeros(1, 1, 8, 8)))
+        attention(q, k, v, SlidingWindow(3), kernel="sparse", bias=DenseBias(torch.zeros(1, 1, 8, 8)))
     # Fewer queries than keys are served (bottom-right by default), not refused.
-    out = attention(q[:, :, :5], k, v, LogSparse(), kernel="sparse")
-    assert_close(out, attention(q[:, :, :5], k, v, LogSparse(), kernel="reference"), **TOL)
+    for pattern in [SlidingWindow(3), LogSparse()]:
+        out = attention(q[:, :, :5], k, v, pattern, kernel="sparse")
+        assert_close(out, attention(q[:, :, :5], k, v, pattern, kernel="reference"), **TOL)
     with pytest.raises(ValueError, match="unknown attention kernel"):
         attention(q, k, v, Full(), kernel="nope")
 
@@ -237,7 +236,8 @@ def test_auto_choice_on_cpu():
     # Relative biases and query offsets: the sparse kernels serve them, a dense bias not.
     slopes = SlopeBias(torch.ones(2, requires_grad=True))
     assert choose_kernel(q[:, :, :1], k, v, LogSparse(), bias=slopes) == "sparse"
-    assert choose_kernel(q, k, v, LogSparse(), bias=DenseBias(torch.zeros(1, 2, 64, 64))) == "sdpa"
+    assert choose_kernel(q[:, :, :3], k, v, SlidingWindow(8), bias=slopes, q_offset=0) == "sparse"
+    assert choose_kernel(q, k, v, SlidingWindow(8), bias=DenseBias(torch.zeros(1, 2, 64, 64))) == "sdpa"
     # Training at length: flex has no CPU backward, so auto must not pick it.
     long_q.requires_grad_(True)
     assert choose_kernel(long_q, long_q, long_q, SlidingWindow(512)) == "sparse"
@@ -328,22 +328,10 @@ def test_reference_matches_naive(name, L):
 
 
 # --- the two window paths: ATen's CPU flash kernel over window views, and blocked matmuls
-# (CUDA, other dtypes, and the backward fallback). Both must match the reference.
+# (CUDA, other dtypes, and the backward fallback). Both must match the reference; the
+# ``window_path`` fixture (conftest.py) runs a test on each.
 
 WINDOW_NAMES = [n for n in PATTERNS if n.startswith("window")]
-
-
-@pytest.fixture(params=["flash", "bmm"])
-def window_path(request, monkeypatch):
-    from tsformer.attention import window
-
-    if request.param == "bmm":
-        monkeypatch.setattr(window, "_flash_ok", lambda q: False)
-    else:
-        assert window._flash_ok(torch.zeros(1, 1, 1))
-        # Small calls: exercise the chunking over rows and blocks at test sizes.
-        monkeypatch.setattr(window, "_FLASH_CHUNK_ELEMS", 64 * 8)
-    return request.param
 
 
 @pytest.mark.parametrize("L", [1, 33, 130])

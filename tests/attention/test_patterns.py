@@ -116,7 +116,7 @@ def test_sparse_kernel_exact_on_random_patterns(p, L, data):
 
 
 @settings(max_examples=40, deadline=None)
-@given(logsparses(), st.integers(1, 40), st.integers(1, 90), st.data())
+@given(st.one_of(windows(), logsparses()), st.integers(1, 40), st.integers(1, 90), st.data())
 def test_sparse_kernel_exact_with_offsets_and_biases(p, Lq, Lk, data):
     """Random query offsets (queries past the last key too), relative biases, global tokens
     and padding: outputs and the gradients of q, k, v and the bias's tensors."""
