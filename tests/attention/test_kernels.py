@@ -8,9 +8,11 @@ from torch.testing import assert_close
 
 from tsformer.attention import (
     Causal,
+    DenseBias,
     Full,
     LogSparse,
     SlidingWindow,
+    SlopeBias,
     attention,
     choose_kernel,
     get_kernel,
@@ -161,6 +163,28 @@ def test_fully_masked_rows_are_zero_with_zero_grads():
         assert (out[1, :, 7:] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("core", [SlidingWindow(3, one_sided=True), LogSparse(local=2)], ids=["window", "logsparse"])
+def test_rows_without_any_key_have_finite_gradients(core, dtype):
+    """Rows with no core key whose global keys are all padded: zero outputs and gradients
+    equal to the reference's, also for output gradients above 4 (the merge once divided by
+    the smallest normal number there, and 4 / tiny overflows to inf, then 0 * inf = NaN)."""
+    L = 20
+    pattern = core.with_globals([15]).with_padding(torch.tensor([20, 4]))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, L, 8, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    out = attention(q, k, v, pattern, kernel="sparse")
+    ref = attention(q, k, v, pattern, kernel="reference")
+    empty = ~pattern.to_dense(L).any(-1)  # (B, 1, L): rows with no key
+    assert empty.any()
+    assert (out.masked_fill(~empty[..., None], 0) == 0).all() and (out[~empty.expand(2, 2, L)] != 0).any()
+    got = torch.autograd.grad((out * 8).sum(), [q, k, v])
+    want = torch.autograd.grad((ref * 8).sum(), [q, k, v])
+    for a, b in zip(got, want, strict=True):
+        assert torch.isfinite(a).all()
+        assert_close(a, b, **(TOL if dtype == torch.float32 else {}))
+
+
 def test_zero_length_batch_element():
     pattern = LogSparse().with_padding(torch.tensor([9, 0]))
     _check("sparse", pattern, 9)
@@ -189,8 +213,14 @@ def test_sparse_refuses_what_it_cannot_do():
         attention(q, k, v, LogSparse(), kernel="sparse", dropout_p=0.1)
     with pytest.raises(ValueError, match="dropout"):
         attention(q, k, v, SlidingWindow(3), kernel="flex", dropout_p=0.1)
-    with pytest.raises(ValueError, match="queries as keys"):
-        attention(q[:, :, :5], k, v, SlidingWindow(3), kernel="sparse")
+    with pytest.raises(ValueError, match="head dims"):
+        attention(q, k, v[..., :4], SlidingWindow(3), kernel="sparse")
+    with pytest.raises(ValueError, match="DenseBias"):
+        attention(q, k, v, SlidingWindow(3), kernel="sparse", bias=DenseBias(torch.zeros(1, 1, 8, 8)))
+    # Fewer queries than keys are served (bottom-right by default), not refused.
+    for pattern in [SlidingWindow(3), LogSparse()]:
+        out = attention(q[:, :, :5], k, v, pattern, kernel="sparse")
+        assert_close(out, attention(q[:, :, :5], k, v, pattern, kernel="reference"), **TOL)
     with pytest.raises(ValueError, match="unknown attention kernel"):
         attention(q, k, v, Full(), kernel="nope")
 
@@ -218,6 +248,11 @@ def test_auto_choice_on_cpu():
         assert choose_kernel(long_q, long_q, long_q, SlidingWindow(512)) == "sparse"
         assert choose_kernel(long_q, long_q, long_q, LogSparse()) == "sparse"
         assert choose_kernel(long_q, long_q, long_q, Full()) == "flex"
+    # Relative biases and query offsets: the sparse kernels serve them, a dense bias not.
+    slopes = SlopeBias(torch.ones(2, requires_grad=True))
+    assert choose_kernel(q[:, :, :1], k, v, LogSparse(), bias=slopes) == "sparse"
+    assert choose_kernel(q[:, :, :3], k, v, SlidingWindow(8), bias=slopes, q_offset=0) == "sparse"
+    assert choose_kernel(q, k, v, SlidingWindow(8), bias=DenseBias(torch.zeros(1, 2, 64, 64))) == "sdpa"
     # Training at length: flex has no CPU backward, so auto must not pick it.
     long_q.requires_grad_(True)
     assert choose_kernel(long_q, long_q, long_q, SlidingWindow(512)) == "sparse"
@@ -308,22 +343,10 @@ def test_reference_matches_naive(name, L):
 
 
 # --- the two window paths: ATen's CPU flash kernel over window views, and blocked matmuls
-# (CUDA, other dtypes, and the backward fallback). Both must match the reference.
+# (CUDA, other dtypes, and the backward fallback). Both must match the reference; the
+# ``window_path`` fixture (conftest.py) runs a test on each.
 
 WINDOW_NAMES = [n for n in PATTERNS if n.startswith("window")]
-
-
-@pytest.fixture(params=["flash", "bmm"])
-def window_path(request, monkeypatch):
-    from tsformer.attention import window
-
-    if request.param == "bmm":
-        monkeypatch.setattr(window, "_flash_ok", lambda q: False)
-    else:
-        assert window._flash_ok(torch.zeros(1, 1, 1))
-        # Small calls: exercise the chunking over rows and blocks at test sizes.
-        monkeypatch.setattr(window, "_FLASH_CHUNK_ELEMS", 64 * 8)
-    return request.param
 
 
 @pytest.mark.parametrize("L", [1, 33, 130])

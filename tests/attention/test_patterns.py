@@ -13,7 +13,9 @@ from tsformer.attention import (
     GlobalTokens,
     KeyPadding,
     LogSparse,
+    OffsetTableBias,
     SlidingWindow,
+    SlopeBias,
     attention,
     nnz,
     pattern_from_config,
@@ -110,6 +112,43 @@ def test_sparse_kernel_exact_on_random_patterns(p, L, data):
     g1 = torch.autograd.grad(out.square().sum(), (q, k, v))
     g2 = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(windows(), logsparses()), st.integers(1, 40), st.integers(1, 90), st.data())
+def test_sparse_kernel_exact_with_offsets_and_biases(p, Lq, Lk, data):
+    """Random query offsets (queries past the last key too), relative biases, global tokens
+    and padding: outputs and the gradients of q, k, v and the bias's tensors."""
+    torch.manual_seed(0)
+    off = data.draw(st.integers(0, Lk + 3), label="q_offset")
+    kind = data.draw(st.sampled_from(["none", "slope", "slope_symmetric", "table_head", "table_query"]))
+    pattern = p
+    globals_ = data.draw(st.lists(st.integers(0, Lk + Lq), max_size=3), label="globals")
+    if globals_:
+        pattern = pattern.with_globals(globals_)
+    if data.draw(st.booleans(), label="padding"):
+        pattern = pattern.with_padding(torch.tensor([Lk, data.draw(st.integers(1, Lk))]))
+    q = torch.randn(2, 2, Lq, 4, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 2, Lk, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    R = data.draw(st.integers(0, 6), label="max_distance")
+    bias = {
+        "none": None,
+        "slope": SlopeBias(torch.rand(2, dtype=torch.float64, requires_grad=True)),
+        "slope_symmetric": SlopeBias(torch.rand(2, dtype=torch.float64, requires_grad=True), symmetric=True),
+        "table_head": OffsetTableBias(torch.randn(1, 2, 1, 2 * R + 1, dtype=torch.float64, requires_grad=True), R),
+        "table_query": OffsetTableBias(torch.randn(2, 1, Lq, 2 * R + 1, dtype=torch.float64, requires_grad=True), R),
+    }[kind]
+    kw = dict(bias=bias, q_offset=off)
+    out = attention(q, k, v, pattern, kernel="sparse", **kw)
+    ref = attention(q, k, v, pattern, kernel="reference", **kw)
+    torch.testing.assert_close(out, ref)
+    leaves = [q, k, v, *(bias.tensors() if bias is not None else ())]
+    g1 = torch.autograd.grad(out.square().sum(), leaves, allow_unused=True)
+    g2 = torch.autograd.grad(ref.square().sum(), leaves, allow_unused=True)
+    for a, b in zip(g1, g2, strict=True):
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
         torch.testing.assert_close(a, b)
 
 

@@ -16,7 +16,9 @@ kernel cannot serve a call (``forward`` then raises ``ValueError`` with that rea
   only on CPU (no CPU backward in PyTorch 2.14).
 - ``sparse``: work and memory follow the pattern's non-zeros, forward and backward:
   ``logsparse`` (:class:`LogSparseAttention`, O(L log L)) and ``window``
-  (:class:`WindowAttention`, blocked O(L w), dilation, global tokens).
+  (:class:`WindowAttention`, blocked O(L w), dilation, global tokens); query offsets
+  (a decoding step costs O(log L) or O(w) keys) and slope or offset-table biases, not a
+  dense bias.
 - ``auto``: the fastest kernel that serves the request (:func:`choose_kernel`).
 """
 
@@ -105,7 +107,7 @@ def choose_kernel(
     - CPU, full/causal: ``flex`` for inference from ``_FLEX_MIN_LEN_CPU`` up, else
       ``sdpa``.
 
-    A kernel that refuses the call (a bias or query offset it does not take, gradients
+    A kernel that refuses the call (a dense bias the sparse kernels do not take, gradients
     flex cannot give on CPU) is skipped; ``sdpa`` and ``reference`` serve everything.
     """
     k = q if k is None else k

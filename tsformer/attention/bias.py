@@ -48,6 +48,28 @@ class ScoreBias:
         """FlexAttention ``score_mod`` adding this bias (query index ``q`` is relative)."""
         raise NotImplementedError
 
+    def relative(self, rel: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The bias at given relative offsets, for kernels that visit a few keys per query.
+
+        Differentiable in the bias's tensors: the sparse kernels build the bias at the
+        offsets they visit with this and hand its gradient back through autograd.
+
+        Args:
+            rel: long ``(R|1, n)``, key position minus query position of each visited pair;
+                row ``r`` belongs to query row ``rows[r]`` (one row: the same offsets for
+                every query).
+            rows: long ``(R,)`` query rows of ``rel``'s rows; None: rows ``0 .. R - 1``
+                (all queries, or the one shared row).
+        Returns:
+            ``(B|1, H|1, R|1, n)``; the query dimension is 1 only when neither ``rel`` nor
+            the bias varies per query.
+
+        Raises:
+            NotImplementedError: biases that are not a function of the relative offset
+                (:class:`DenseBias`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a function of relative offsets")
+
     @property
     def requires_grad(self) -> bool:
         """Whether a tensor this bias holds needs a gradient."""
@@ -91,6 +113,11 @@ class SlopeBias(ScoreBias):
         d = (qp - kp).to(dtype)
         d = d.abs() if self.symmetric else d
         return -self.slopes.to(device=device, dtype=dtype)[None, :, None, None] * d
+
+    def relative(self, rel, rows=None):
+        d = -rel  # distance i - j
+        d = (d.abs() if self.symmetric else d).to(self.slopes.dtype)
+        return -self.slopes[None, :, None, None] * d
 
     def score_mod(self, q_offset):
         slopes, sym = self.slopes, self.symmetric
@@ -143,6 +170,17 @@ class OffsetTableBias(ScoreBias):
         if Q == 1:
             return t[:, :, 0][:, :, col]  # (B, H, Lq, Lk)
         return t.gather(-1, col[None, None].expand(B, H, q_len, k_len))
+
+    def relative(self, rel, rows=None):
+        R = self.max_distance
+        col = rel.clamp(-R, R) + R  # (R|1, n)
+        t = self.table
+        if t.shape[2] == 1:  # per head: one row of columns serves every query
+            return t[:, :, 0][:, :, col]
+        if rows is not None:
+            t = t.index_select(2, rows)
+        B, H, Q, _ = t.shape
+        return t.gather(-1, col[None, None].expand(B, H, Q, col.shape[-1]))
 
     def score_mod(self, q_offset):
         t, R = self.table, self.max_distance

@@ -6,7 +6,11 @@ follow the pattern's non-zeros.
 - :class:`SlidingWindow` -> :class:`~tsformer.attention.window.WindowAttention`
   (Beltagy et al. 2020), ``O(L w)``.
 
-Both handle key padding and global tokens and run forward and backward.
+Both handle key padding, global tokens, query offsets (fewer queries than keys: a decoding
+step costs the queries' keys, not the cache's) and the relative score biases
+(:class:`~tsformer.attention.bias.SlopeBias`, :class:`~tsformer.attention.bias.OffsetTableBias`,
+with gradients into their slopes and tables), and run forward and backward. A dense bias
+(:class:`~tsformer.attention.bias.DenseBias`) they refuse: ``auto`` then picks ``sdpa``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from tsformer.attention.window import WindowAttention
 
 class SparseAttention(Kernel):
     """Pattern-dispatching sparse kernel. Serves what its two halves serve; cannot serve
-    dense patterns (full, causal) or attention dropout."""
+    dense patterns (full, causal), attention dropout or a dense score bias."""
 
     name = "sparse"
 
