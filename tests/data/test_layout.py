@@ -56,3 +56,25 @@ def test_data_modules_import_each_other_without_cycles():
 
     for m in sorted(graph):
         visit(m, [])
+
+
+def test_attention_math_imports_only_torch_and_itself():
+    """DESIGN.md: ``tsformer/attention/`` is stateless math on tensors; nothing points up."""
+    for mod, imports in _modules("attention").items():
+        bad = {m for m in imports if not m.startswith("tsformer.attention")}
+        assert not bad, f"{mod} imports {bad}"
+    for path in sorted((PACKAGE / "attention").rglob("*.py")):
+        tops = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                tops |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                tops.add((node.module or "").split(".")[0])
+        assert tops <= {"torch", "tsformer", "__future__", "math", "collections", "dataclasses", "typing",
+                        "warnings", "functools", "itertools"}, (path.name, tops)
+
+
+def test_layers_use_no_task_or_entry_point():
+    for mod, imports in _modules("nn").items():
+        bad = {m for m in imports if m.startswith(("tsformer.tasks", "tsformer.train"))}
+        assert not bad, f"{mod} imports {bad}"

@@ -251,9 +251,6 @@ class AttentionLayer(nn.Module):
         return o.transpose(1, 2).reshape(B, L, H * D)
 
 
-
-
-
 def rename_keys(old_to_new: dict[str, str]):
     """A load-state-dict pre-hook renaming keys that start with ``prefix + old`` (checkpoints
     written before a parameter moved)."""
