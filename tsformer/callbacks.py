@@ -1,4 +1,5 @@
-"""Training that survives real use: atomic checkpoints, resume, non-finite guard, RNG state."""
+"""Training that survives real use (atomic checkpoints, resume, non-finite guard, RNG state)
+and a console that reads right (a step-budget progress bar, a model summary without FLOP guesses)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelSummary, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar
+from pytorch_lightning.callbacks.progress.rich_progress import _RICH_AVAILABLE
 
 log = logging.getLogger("tsformer")
 
@@ -198,3 +202,137 @@ class RNGState(pl.Callback):
         torch.set_rng_state(s["torch"])
         if "cuda" in s and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# -- what the console shows ------------------------------------------------------------
+STEPS_DESCRIPTION = "Steps"
+
+
+def step_budget(trainer: pl.Trainer) -> int | None:
+    """The optimizer-step budget when training is budgeted by steps alone, else None.
+
+    Lightning sets ``max_epochs=-1`` when only ``max_steps`` is given; its progress bars then
+    read ``Epoch 0/-2``, an epoch count the run does not have.
+    """
+    max_steps = trainer.max_steps
+    if max_steps is not None and max_steps > 0 and trainer.max_epochs in (None, -1):
+        return int(max_steps)
+    return None
+
+
+class StepTQDMProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar; a step-budgeted run shows ``Steps`` as optimizer steps out of
+    ``max_steps`` across epochs, instead of batches of an epoch with no epoch count."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return step_budget(self.trainer) or super().total_train_batches
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if step_budget(trainer):
+            self.train_progress_bar.set_description(STEPS_DESCRIPTION)
+            self.train_progress_bar.n = trainer.global_step
+            self.train_progress_bar.refresh()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not step_budget(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+class StepRichProgressBar(RichProgressBar):
+    """Lightning's rich bar; a step-budgeted run shows ``Steps`` as optimizer steps out of
+    ``max_steps`` across epochs, instead of ``Epoch 0/-2``."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return step_budget(self.trainer) or super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not step_budget(self.trainer):
+            return super()._get_train_description(current_epoch)
+        return f"{STEPS_DESCRIPTION:{len(self.validation_description)}}"  # as wide as "Validation"
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if step_budget(trainer):
+            self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not step_budget(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not self.is_disabled and self.train_progress_bar_id is None:  # resumed mid-epoch
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+
+def progress_bar() -> ProgressBar:
+    """The run's progress bar: rich when ``rich`` is installed (as Lightning picks), else tqdm."""
+    return StepRichProgressBar() if _RICH_AVAILABLE else StepTQDMProgressBar()
+
+
+class RunModelSummary(ModelSummary):
+    """Lightning's model summary without a FLOP figure it could not compute.
+
+    Lightning counts FLOPs only by running ``example_input_array`` through the model; the
+    task modules have none (their batches are dicts), so it printed ``Total FLOPs: 0``. The
+    FLOP column and total are shown only when a count was made.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._max_depth:
+            return
+        summary = self._summary(trainer, pl_module)
+        data = summary._get_summary_data()
+        flops = int(getattr(summary, "total_flops", 0) or 0)
+        if not flops:
+            data = [(name, col) for name, col in data if name != "FLOPs"]
+        if trainer.is_global_zero:
+            print(format_model_summary(data, summary.total_parameters, summary.trainable_parameters,
+                                       summary.model_size, summary.total_training_modes, flops or None))
+
+
+def format_model_summary(
+    data: list[tuple[str, list[str]]],
+    total_params: int,
+    trainable_params: int,
+    size_mb: float,
+    modes: dict[str, int],
+    flops: int | None,
+) -> str:
+    """The model summary as text: the layer table, then the totals.
+
+    Args:
+        data: ``(column name, cells)`` per column, as Lightning's summary gives them.
+        total_params, trainable_params: parameter counts.
+        size_mb: estimated size of the parameters in MB.
+        modes: modules in ``train`` and ``eval`` mode.
+        flops: total FLOPs of the example input; None leaves the line out.
+    Returns:
+        The table and the totals, one per line.
+    """
+    from pytorch_lightning.utilities.model_summary.model_summary import get_human_readable_count
+
+    names = [name for name, _ in data]
+    cells = [[str(c) for c in col] for _, col in data]
+    widths = [max([len(n)] + [len(c) for c in col]) for n, col in zip(names, cells)]
+    line = lambda row: " | ".join(f"{c:<{w}}" for c, w in zip(row, widths)).rstrip()
+    rule = "-" * (sum(widths) + 3 * (len(widths) - 1))
+    rows = [line(names), rule] + [line(r) for r in zip(*cells)] + [rule]
+    totals = [
+        (get_human_readable_count(trainable_params), "Trainable params"),
+        (get_human_readable_count(total_params - trainable_params), "Non-trainable params"),
+        (get_human_readable_count(total_params), "Total params"),
+        (f"{size_mb:,.3f}", "Total estimated model params size (MB)"),
+        (str(modes.get("train", 0)), "Modules in train mode"),
+        (str(modes.get("eval", 0)), "Modules in eval mode"),
+    ]
+    if flops is not None:
+        totals.append((get_human_readable_count(flops), "Total FLOPs"))
+    return "\n".join(rows + [f"{v:<10} {k}" for v, k in totals])

@@ -27,7 +27,9 @@ from tsformer.callbacks import (
     NonFiniteGuard,
     PeriodicCheckpoint,
     RNGState,
+    RunModelSummary,
     find_resume_checkpoint,
+    progress_bar,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +112,22 @@ def init_weights_from(net: Any, path: str | Path) -> list[str]:
     return loaded
 
 
+def console_callbacks(trainer_cfg: DictConfig) -> list:
+    """The progress bar and model summary, where the trainer config leaves them on.
+
+    They replace Lightning's defaults, which read ``Epoch 0/-2`` on a step-budgeted run and
+    print ``Total FLOPs: 0`` for modules without an example input.
+    """
+    if trainer_cfg.get("barebones"):
+        return []
+    out = []
+    if trainer_cfg.get("enable_progress_bar") is not False:
+        out.append(progress_bar())
+    if trainer_cfg.get("enable_model_summary") is not False:
+        out.append(RunModelSummary())
+    return out
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test and evaluate baselines for one configured run.
 
@@ -181,6 +199,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         NonFiniteGuard(cfg.get("max_nonfinite_steps", 5)),
         RNGState(),
     ]
+    callbacks += console_callbacks(cfg.trainer)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer_kwargs = {} if has_val else {"limit_val_batches": 0}
     if getattr(datamodule, "shards_batches", False):
