@@ -31,6 +31,7 @@ from tsformer.callbacks import (
     find_resume_checkpoint,
     progress_bar,
 )
+from tsformer.plots import plot_settings, write_run_plots
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -132,8 +133,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test and evaluate baselines for one configured run.
 
     Writes to ``cfg.run_dir``: ``config.yaml`` (resolved), ``checkpoints/best.ckpt`` and
-    ``checkpoints/last.ckpt``, ``metrics.json`` and the logger's files. Nothing is written
-    before the data has been read and validated.
+    ``checkpoints/last.ckpt``, ``metrics.json``, the logger's files and, unless
+    ``plots=false``, ``plots/`` (:mod:`tsformer.plots`: learning curves and the task's
+    pictures and samples, named in the final printout). Nothing is written before the data
+    has been read and validated.
 
     Args:
         cfg: a composed config (see :func:`compose_config`); ``cfg.run_dir`` must be set.
@@ -229,6 +232,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         shutil.copyfile(ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt")
     trainer.strategy.barrier("tsformer_best")
     best = str(ckpt_dir / "best.ckpt")
+    plots = plot_settings(cfg.get("plots"), seed=cfg.seed)
+    module.plot_settings = plots  # the module keeps what its pictures need while testing
     results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
 
     metrics: dict[str, float] = {}
@@ -245,10 +250,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
+        # After every metric (baselines included): nothing drawn here can change one.
+        pictures = write_run_plots(module, run_dir / "plots", plots, csv_metrics_file(trainer)) if plots else []
         if cfg.get("print_metrics", True):
             print("\n" + format_metrics(metrics))
             print(f"\nRun directory: {run_dir}")
+            if pictures:
+                print("Plots: " + ", ".join(str(p.relative_to(run_dir)) for p in pictures))
     return metrics
+
+
+def csv_metrics_file(trainer: Any) -> Path | None:
+    """The ``metrics.csv`` of the run's CSV logger (None without one)."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, CSVLogger):
+            return Path(lg.log_dir) / "metrics.csv"
+    return None
 
 
 def _previous_metrics(run_dir: Path) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,13 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
         lr, weight_decay: AdamW settings.
         warmup_steps: linear warm-up, then cosine decay to 5% at ``max_steps``.
         decoding: ``{method: greedy | beam, beam_width: int}`` for the test splits.
+
+    With ``plot_settings`` set (``train()`` does it before testing, :mod:`tsformer.plots`),
+    testing keeps each utterance's reference, hypothesis and word errors, and
+    :meth:`write_plots` lists the worst and best of each test split.
     """
+
+    plot_settings: dict | None = None
 
     def __init__(
         self,
@@ -43,6 +51,7 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.asr_state: dict | None = None
         self._errors: dict[str, list[int]] = {}
+        self._utterances: list[dict] | None = None
 
     # -- tokenizer / checkpoint state ----------------------------------------
     def setup(self, stage: str) -> None:
@@ -85,16 +94,18 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
         ids = ctc_decode(log_probs, lengths, method, int(self.decoding.get("beam_width", 8)))
         return [self.tokenizer.decode(s) for s in ids]
 
-    def _score(self, split: str, batch: dict, method: str) -> Tensor:
+    def _score(self, split: str, batch: dict, method: str, keep: bool = False) -> Tensor:
         loss, log_probs, out_lens = self._forward_loss(batch)
         acc = self._errors.setdefault(split, [0, 0, 0, 0])
-        for ref, hyp in zip(batch["texts"], self.decode(log_probs, out_lens, method)):
+        for uid, ref, hyp in zip(batch["ids"], batch["texts"], self.decode(log_probs, out_lens, method)):
             we, wn = word_errors(ref, hyp)
             ce, cn = char_errors(ref, hyp)
             acc[0] += we
             acc[1] += wn
             acc[2] += ce
             acc[3] += cn
+            if keep:
+                self._utterances.append({"split": split, "id": uid, "ref": ref, "hyp": hyp, "errors": we, "words": wn})
         return loss
 
     def _log_errors(self, split: str) -> None:
@@ -112,14 +123,26 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
         if "val" in self._errors:
             self._log_errors("val")
 
+    def on_test_epoch_start(self) -> None:
+        self._utterances = [] if self.plot_settings else None
+
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self.trainer.datamodule.test_split_names()[dataloader_idx]
-        loss = self._score(split, batch, self.decoding.get("method", "greedy"))
+        loss = self._score(split, batch, self.decoding.get("method", "greedy"), keep=self._utterances is not None)
         self.log(f"{split}/loss", loss, batch_size=len(batch["ids"]), add_dataloader_idx=False, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         for split in list(self._errors):
             self._log_errors(split)
+
+    def write_plots(self, out_dir: Path, settings: dict) -> list[Path]:
+        """``utterances.txt``: the ``max`` worst and best test utterances of each split
+        (WER, reference, hypothesis; :func:`tsformer.plots.utterance_table`)."""
+        from tsformer.plots import utterance_table
+
+        if not self._utterances:
+            return []
+        return [utterance_table(self._utterances, settings["max"], Path(out_dir) / "utterances.txt")]
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,

@@ -4,6 +4,7 @@ causal sliding-window setting, Beltagy et al. 2020, Sec. 4), scored in bits per 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -31,7 +32,13 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
         net: ``forward(tokens (B, L)) -> (B, L, V)`` logits (and, with a memory,
             ``forward_segment(tokens, memory) -> (logits, memory)``).
         lr, weight_decay, warmup_steps: AdamW with warm-up and cosine decay.
+
+    :meth:`write_plots` (called by ``train()`` after testing, :mod:`tsformer.plots`) writes
+    a sampled continuation of a test prompt.
     """
+
+    plot_settings: dict | None = None
+    PLOT_PROMPT, PLOT_STEPS, PLOT_TEMPERATURE = 200, 400, 0.8
 
     def __init__(self, net: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2, warmup_steps: int = 50):
         super().__init__()
@@ -94,6 +101,31 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and getattr(dm, "vocab", None) is not None:
             checkpoint["char_vocab"] = dm.vocab.chars
+
+    def write_plots(self, out_dir: Path, settings: dict) -> list[Path]:
+        """``generated.txt``: the start of the test text, the model's continuation of it
+        (sampled at temperature 0.8 with the run's seed) and what the text says next
+        (:func:`tsformer.plots.generation_text`)."""
+        from tsformer.plots import generation_text
+
+        dm = self.trainer.datamodule
+        test = dm.ids["test"]
+        room = getattr(getattr(self.net, "encoder", None), "max_tokens", self.PLOT_PROMPT + self.PLOT_STEPS)
+        n_prompt = max(1, min(self.PLOT_PROMPT, room // 2, len(test) - 1))
+        steps = max(1, min(self.PLOT_STEPS, room - n_prompt))
+        prompt = torch.from_numpy(test[:n_prompt].astype("int64"))[None].to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(int(settings.get("seed", 0)))
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.generate(prompt, steps, self.PLOT_TEMPERATURE, generator)[0, n_prompt:].tolist()
+        finally:
+            self.train(was_training)
+        decode = dm.vocab.decode
+        about = f"temperature {self.PLOT_TEMPERATURE}, seed {settings.get('seed', 0)}"
+        return [generation_text(decode(test[:n_prompt].tolist()), decode(out),
+                                decode(test[n_prompt : n_prompt + steps].tolist()),
+                                Path(out_dir) / "generated.txt", about)]
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, steps: int, temperature: float = 1.0,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -52,7 +55,14 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         num_samples: sample paths per test forecast.
         quantiles: quantiles reported by ``predict_step``.
         sample_seed: seed of the per-window forecast draws (None: global random state).
+
+    With ``plot_settings`` set (``train()`` does it before testing, :mod:`tsformer.plots`),
+    testing also keeps the 10/50/90% quantiles of the first ``max`` windows of the first
+    ``series`` series, from the sample paths the metrics are computed on (no extra draws),
+    and :meth:`write_plots` draws them against the observed values.
     """
+
+    plot_settings: dict | None = None
 
     def __init__(
         self,
@@ -68,6 +78,7 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         self.acc = ForecastAccumulator()
+        self._plot_windows: list[dict] | None = None
 
     def _loss(self, batch: dict[str, Tensor], from_pos: int = 0) -> Tensor:
         mu, sigma = self.net(batch["inputs"], batch["covariates"], batch["series"], batch.get("static"))
@@ -106,11 +117,45 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.acc = ForecastAccumulator()
+        self._plot_windows = [] if self.plot_settings else None
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         samples = self.forecast(batch).float()  # (B, S, H)
         q = torch.quantile(samples, torch.tensor([0.5, 0.9], device=samples.device), dim=1)
         self.acc.update(batch["future"], q[0], q[1], samples.transpose(0, 1))
+        if self._plot_windows is not None:
+            self._keep_for_plots(batch, samples)
+
+    def _keep_for_plots(self, batch: dict[str, Tensor], samples: Tensor) -> None:
+        """Quantiles of the windows the forecast picture shows (the first ``max`` of each of
+        the first ``series`` series met)."""
+        most, n_series, kept = self.plot_settings["max"], self.plot_settings["series"], self._plot_windows
+        per_series: dict[int, int] = {}
+        for w in kept:
+            per_series[w["series"]] = per_series.get(w["series"], 0) + 1
+        rows = []
+        for i, (sid, start) in enumerate(zip(batch["series"].tolist(), batch["start"].tolist())):
+            if per_series.get(sid, 0) >= most or (sid not in per_series and len(per_series) >= n_series):
+                continue
+            per_series[sid] = per_series.get(sid, 0) + 1
+            rows.append((i, sid, start))
+        if not rows:
+            return
+        idx = torch.tensor([i for i, _, _ in rows], device=samples.device)
+        qs = torch.quantile(samples[idx], torch.tensor([0.1, 0.5, 0.9], device=samples.device), dim=1).cpu().numpy()
+        future = batch["future"][idx].float().cpu().numpy()
+        for j, (_, sid, start) in enumerate(rows):
+            kept.append({"series": sid, "start": start, "q": qs[:, j], "future": future[j]})
+
+    def write_plots(self, out_dir: Path, settings: dict) -> list[Path]:
+        """``forecasts.png``: the kept test windows' median and 10-90% fan against the
+        observed series (:func:`tsformer.plots.forecast_fans`)."""
+        from tsformer.plots import forecast_fans
+
+        if not getattr(self, "_plot_windows", None):
+            return []
+        dm = self.trainer.datamodule
+        return [forecast_fans(forecast_panels(dm, self._plot_windows), Path(out_dir) / "forecasts.png")]
 
     def on_test_epoch_end(self) -> None:
         sums = self.acc.sums.to(self.device)
@@ -128,3 +173,36 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         sched = warmup_cosine(opt, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)
         return {"optimizer": opt, "lr_scheduler": sched}
+
+
+def forecast_panels(dm, windows: list[dict]) -> list[dict]:
+    """One :func:`tsformer.plots.forecast_fans` panel per series of ``windows`` (kept test
+    windows: ``series``, ``start``, ``q`` (3, H) and ``future`` (H,)), with the observed
+    values from one horizon before the first window to the end of the last.
+
+    ``dm`` is a forecasting data module (``table`` with ``index``, ``values`` and ``names``;
+    ``windows.series_index``, the model's id of each column, when ids are not columns).
+    """
+    table = dm.table
+    ids = getattr(dm.windows, "series_index", None)
+    column = {int(sid): n for n, sid in enumerate(ids)} if ids is not None else None
+    panels = []
+    for sid in dict.fromkeys(w["series"] for w in windows):
+        mine = sorted((w for w in windows if w["series"] == sid), key=lambda w: w["start"])
+        H = len(mine[0]["future"])
+        n = sid if column is None else column.get(sid)
+        lo, hi = max(0, mine[0]["start"] - H), mine[-1]["start"] + H
+        if n is None or n >= table.values.shape[1]:  # no column to read history from: the windows alone
+            axis, values, name = np.arange(hi), np.full(hi, np.nan, dtype=np.float32), str(sid)
+            for w in mine:
+                values[w["start"] : w["start"] + H] = w["future"]
+        else:
+            axis, values, name = np.asarray(table.index), table.values[:, n], str(table.names[n])
+        panels.append({
+            "title": f"series {name}",
+            "times": axis[lo:hi],
+            "observed": values[lo:hi],
+            "windows": [{"times": axis[w["start"] : w["start"] + H], "q10": w["q"][0], "q50": w["q"][1],
+                         "q90": w["q"][2]} for w in mine],
+        })
+    return panels
