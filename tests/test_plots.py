@@ -62,7 +62,11 @@ def test_learning_curves_from_a_csv_logger_file(tmp_path):
                    "0,0,3.0,4.3,,0,\n0,1,2.5,3.6,,0,\n0,1,,,3.9,,\n0,2,2.0,2.9,,0,\n0,3,,,,,3.1\n")
     curves = read_metrics_csv(csv)
     assert curves["val/bpc"][0].tolist() == [1] and curves["train/loss"][1].tolist() == [3.0, 2.5, 2.0]
-    assert curve_panels(curves) == [("loss", ["train/loss"]), ("bpc", ["train/bpc", "val/bpc"])]
+    assert curve_panels(curves) == [("bpc", ["train/bpc", "val/bpc"])]  # bpc stands for the loss
+    curves.pop("train/bpc"), curves.pop("val/bpc")
+    more = {**curves, "val/cer": curves["train/loss"], "val/wer": curves["train/loss"]}
+    assert curve_panels(more) == [("loss", ["train/loss"]), ("cer", ["val/cer"]), ("wer", ["val/wer"])]
+    assert curve_panels(more, lead="wer") == [("loss", ["train/loss"]), ("wer", ["val/wer"]), ("cer", ["val/cer"])]
     assert_png(learning_curves(curves, tmp_path / "c.png"))
     assert learning_curves({"test/bpc": curves["test/bpc"]}, tmp_path / "none.png") is None
 
@@ -176,7 +180,8 @@ def test_speech_run_leaves_an_utterance_table_and_curves(tmp_path):
         assert f"== {split}: 6 utterances, WER " in text
     assert text.count("-- worst 2") == 2 and text.count("-- best 2") == 2 and text.count("  REF: ") == 8
     assert_png(run / "plots" / "learning_curves.png")
-    assert "wer" in dict(curve_panels(read_metrics_csv(run / "logs" / "metrics.csv")))
+    panels = curve_panels(read_metrics_csv(run / "logs" / "metrics.csv"), lead="wer")
+    assert [m for m, _ in panels] == ["loss", "wer", "cer"] and panels[0][1] == ["train/loss", "val/loss"]
 
 
 def test_text_classification_run_leaves_a_confusion_matrix_and_curves(tmp_path):

@@ -58,7 +58,9 @@ def plot_settings(value: Any, seed: int = 0) -> dict[str, int] | None:
     return {**s, "seed": int(seed)}
 
 
-def write_run_plots(module: Any, out_dir: Path, settings: dict, metrics_csv: Path | None = None) -> list[Path]:
+def write_run_plots(
+    module: Any, out_dir: Path, settings: dict, metrics_csv: Path | None = None, monitor: str | None = None
+) -> list[Path]:
     """Everything a run leaves to look at: learning curves from the logger's CSV and the
     task module's own pictures and samples (``module.write_plots(out_dir, settings)``).
 
@@ -70,6 +72,7 @@ def write_run_plots(module: Any, out_dir: Path, settings: dict, metrics_csv: Pat
         out_dir: where the files go (created).
         settings: from :func:`plot_settings`.
         metrics_csv: the CSV logger's ``metrics.csv`` (None: no learning curves).
+        monitor: the metric checkpoints are chosen by (``val/wer``): its panel follows the loss.
     Returns:
         The files written.
     """
@@ -78,8 +81,8 @@ def write_run_plots(module: Any, out_dir: Path, settings: dict, metrics_csv: Pat
     written: list[Path] = []
     makers = []
     if metrics_csv is not None and Path(metrics_csv).exists():
-        makers.append(("learning curves", lambda: [learning_curves(read_metrics_csv(metrics_csv),
-                                                                   out_dir / "learning_curves.png")]))
+        makers.append(("learning curves", lambda: [learning_curves(
+            read_metrics_csv(metrics_csv), out_dir / "learning_curves.png", lead=(monitor or "").partition("/")[2])]))
     if hasattr(module, "write_plots"):
         makers.append((type(module).__name__, lambda: module.write_plots(out_dir, settings)))
     for what, make in makers:
@@ -116,37 +119,43 @@ def read_metrics_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {k: (np.asarray(s), np.asarray(v)) for k, (s, v) in cols.items()}
 
 
-def curve_panels(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], most: int = 4) -> list[tuple[str, list[str]]]:
+def curve_panels(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], lead: str = "", most: int = 4
+) -> list[tuple[str, list[str]]]:
     """Training and validation series grouped by metric: ``[(metric, [series names])]``.
 
     ``train/loss`` and ``val/loss`` share the ``loss`` panel, ``train/bpc`` and ``val/bpc``
-    the ``bpc`` one; the loss comes first, then the other metrics in the order logged.
-    Test figures (one point) and bookkeeping series are left out.
+    the ``bpc`` one (which stands for the loss where there is one); the loss comes first,
+    then ``lead`` (the monitored metric), then the others in the order logged. Test figures
+    (one point) and bookkeeping series are left out.
     """
     panels: dict[str, list[str]] = {}
     for name in curves:
         stage, _, metric = name.partition("/")
         if stage in ("train", "val") and metric and metric not in NOT_CURVES:
             panels.setdefault(metric, []).append(name)
-    order = sorted(panels, key=lambda m: m != "loss")  # stable: the rest keep their order
+    if "bpc" in panels:  # the loss in bits per character: the nats of the same figure add nothing
+        panels.pop("loss", None)
+    order = sorted(panels, key=lambda m: (m != "loss", m != lead))  # stable: the rest keep their order
     return [(m, panels[m]) for m in order[:most]]
 
 
-def learning_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path | None:
+def learning_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, lead: str = "") -> Path | None:
     """Training and validation curves over optimizer steps, one panel per metric.
 
     Args:
         curves: ``{name: (steps, values)}`` (:func:`read_metrics_csv`).
         path: the PNG to write.
+        lead: the metric drawn right after the loss (:func:`curve_panels`).
     Returns:
         ``path``, or None when there is nothing to draw.
     """
-    panels = curve_panels(curves)
+    panels = curve_panels(curves, lead)
     if not panels:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(4.2 * len(panels) if len(panels) > 1 else 6.0, 3.4, ncols=len(panels))
+    fig = _figure(4.2 * len(panels) if len(panels) > 1 else 6.0, 3.4, ncols=len(panels), sharex=True)
     for ax, (metric, names) in zip(fig.axes, panels):
         for name in sorted(names, key=lambda n: not n.startswith("train")):
             steps, vals = curves[name]
@@ -231,7 +240,11 @@ def confusion_matrix(counts: np.ndarray, labels: Sequence[str], path: Path, titl
             for (r, c), v in np.ndenumerate(mat):
                 ax.text(c, r, f"{v:d}" if mat is counts else f"{v:.2f}", ha="center", va="center", fontsize=font,
                         color="white" if v > 0.6 * top else "black")
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        bar = fig.colorbar(im, ax=ax, shrink=0.8)
+        if mat is counts:
+            from matplotlib.ticker import MaxNLocator
+
+            bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 
@@ -311,11 +324,11 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1):
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, sharex: bool = False):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    fig.subplots(nrows, ncols, squeeze=False)
+    fig.subplots(nrows, ncols, squeeze=False, sharex=sharex)
     return fig
 
 

@@ -251,7 +251,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
         # After every metric (baselines included): nothing drawn here can change one.
-        pictures = write_run_plots(module, run_dir / "plots", plots, csv_metrics_file(trainer)) if plots else []
+        pictures = []
+        if plots:
+            pictures = write_run_plots(module, run_dir / "plots", plots, csv_metrics_file(trainer), cfg.get("monitor"))
         if cfg.get("print_metrics", True):
             print("\n" + format_metrics(metrics))
             print(f"\nRun directory: {run_dir}")
