@@ -187,6 +187,8 @@ def part_table(a, env, run_root, out) -> dict[str, dict]:
     target = count_params([*base, f"model.d_ff={D_FF}", "model.attention.positions=rotary"], vocab_size)
     rows, runs = [], {}
     for name, over in variants(a.train_len, a.train_len).items():
+        if a.variants and name not in a.variants:
+            continue
         d_ff = matched_d_ff([*base, *over], vocab_size, target)
         over = [*base, *over, f"model.d_ff={d_ff}"]
         params = count_params(over, vocab_size)
@@ -218,10 +220,11 @@ def part_table(a, env, run_root, out) -> dict[str, dict]:
                      f"{r['train_steps']} | {r['train_tokens_per_s']:.0f} | {r['eval_tokens_per_s']:.0f} | "
                      f"{r['added_mb']:.0f} |")
     by = {r["model"]: r for r in rows}
-    lines.append("")
-    lines.append(f"Transformer-XL with memory {by['xl_memory']['bpc']:.3f} bpc vs without "
-                 f"{by['xl_no_memory']['bpc']:.3f} at segment {a.train_len}: goal (with < without) "
-                 f"{'met' if by['xl_memory']['bpc'] < by['xl_no_memory']['bpc'] else 'NOT met'}.")
+    if {"xl_memory", "xl_no_memory"} <= set(by):
+        lines.append("")
+        lines.append(f"Transformer-XL with memory {by['xl_memory']['bpc']:.3f} bpc vs without "
+                     f"{by['xl_no_memory']['bpc']:.3f} at segment {a.train_len}: goal (with < without) "
+                     f"{'met' if by['xl_memory']['bpc'] < by['xl_no_memory']['bpc'] else 'NOT met'}.")
     md(lines)
     return runs
 
@@ -374,6 +377,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="folder of books (default ../shared/data/pgbooks, quick: the excerpt)")
     ap.add_argument("--minutes", type=int, default=15, help="training budget per variant")
     ap.add_argument("--parts", nargs="+", default=["table", "extrapolation", "spans", "evalspeed", "forecast"])
+    ap.add_argument("--variants", nargs="+", default=None, help="table rows to run (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "longcontext.json"))
     a = ap.parse_args()
@@ -392,9 +396,9 @@ def main() -> None:
     runs = {}
     if {"table", "spans", "evalspeed"} & set(a.parts):
         runs = part_table(a, env, run_root, out)
-    if "spans" in a.parts:
+    if "spans" in a.parts and {"adaptive_span", "baseline_rotary"} <= set(runs):
         part_spans(a, runs)
-    if "evalspeed" in a.parts:
+    if "evalspeed" in a.parts and "xl_memory" in runs:
         part_evalspeed(a, runs, out)
     if "extrapolation" in a.parts:
         part_extrapolation(a, env, run_root, out)
