@@ -48,20 +48,23 @@ def split_attention(
     Lk = P + n
     off = Lk - lq if q_offset is None else int(q_offset)
     scale = D**-0.5 if scale is None else scale
+    q = q * scale  # on the few queries, not on the (R l x Lk) scores
     # (B, H, R l, P): one matmul for every path's queries against the shared prefix.
     s_pre = torch.matmul(q.reshape(B, H, R * lq, D), prefix_k.transpose(-1, -2)).view(B, H, R, lq, P)
     s_suf = torch.matmul(q, suffix_k.transpose(-1, -2))  # (B, H, R, l, n)
-    scores = torch.cat([s_pre, s_suf], dim=-1) * scale  # (B, H, R, l, Lk)
+    scores = torch.cat([s_pre, s_suf], dim=-1)  # (B, H, R, l, Lk), a fresh tensor: updated in place
     if bias is not None:
         dense = bias.to_dense(lq, Lk, off, q.device, q.dtype)  # (B R | 1, H | 1, l, Lk)
         if dense.shape[0] > 1:
             dense = dense.view(B, R, dense.shape[1], lq, Lk).transpose(1, 2)
         else:
             dense = dense.unsqueeze(2)
-        scores = scores + dense
+        scores += dense
     mask = pattern.to_dense(lq, Lk, device=q.device, q_offset=off)  # (l, Lk) or (B, 1, l, Lk)
     mask = mask if mask.dim() == 2 else mask.unsqueeze(2)
-    probs = torch.nan_to_num(torch.softmax(scores.masked_fill(~mask, float("-inf")), -1), nan=0.0)
+    probs = torch.softmax(scores.masked_fill_(~mask, float("-inf")), -1)
+    if not bool(mask.any(-1).all()):  # a query with no allowed key: zeros, as the reference gives
+        probs = torch.nan_to_num(probs, nan=0.0)
     out = torch.matmul(probs[..., :P].reshape(B, H, R * lq, P), prefix_v).view(B, H, R, lq, -1)
     return out + torch.matmul(probs[..., P:], suffix_v)
 
