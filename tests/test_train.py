@@ -130,3 +130,22 @@ def test_it_learns_a_noisy_sine(tmp_path):
     ])
     m = train(cfg)
     assert m["test/rho50"] < 0.85 * m["baseline/seasonal_naive/rho50"], m
+
+
+def test_time_budgeted_schedule_has_no_step_count():
+    """``trainer.max_time`` with ``max_steps=-1``: Lightning's step estimate is infinite; the
+    rate warms up, then stays at the base value (it used to crash converting inf to int)."""
+    import math
+
+    import torch
+
+    from tsformer.tasks.optim import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, 4, math.inf)["scheduler"]
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0] and rates[4:] == [1.0] * 6

@@ -120,6 +120,9 @@ def test_stream_windows_continue_each_row_and_score_every_target_once():
     first = list(train)
     train.set_epoch(1)
     assert list(train) == first and len(first) == 6  # a function of (seed, epoch)
+    long = StreamSampler(len(ids), context=8, streams=2, shuffle=True, seed=0, segments=1000)
+    assert long.segments == 102 // 8  # no window past the end of the split
+    assert all(stop - start == 8 for start, stop, _ in long)
 
 
 @pytest.mark.slow

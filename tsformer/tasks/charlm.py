@@ -75,7 +75,7 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         s, n = self._nll(batch)
-        loss = s / n
+        loss = s / n.clamp_min(1)  # a batch of padding alone (a stream's end) adds nothing
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["inputs"]))
         self.log("train/bpc", loss / math.log(2), batch_size=len(batch["inputs"]))
         return self.with_aux(loss, len(batch["inputs"]))

@@ -7,18 +7,24 @@ import math
 import torch
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, floor: float = 0.05) -> dict:
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: float, floor: float = 0.05) -> dict:
     """Linear warm-up, then cosine decay to ``floor`` times the base rate at ``total_steps``.
+
+    A run budgeted by time alone (``trainer.max_time``, ``max_steps=-1``) has no step count
+    (``total_steps`` is infinite): the rate then stays at its base value after the warm-up.
 
     Returns:
         Lightning's ``lr_scheduler`` dict, stepped every optimizer step.
     """
-    total = max(int(total_steps), 1)
-    warm = min(warmup_steps, total // 2)
+    unbounded = not math.isfinite(total_steps)
+    total = 1 if unbounded else max(int(total_steps), 1)
+    warm = warmup_steps if unbounded else min(warmup_steps, total // 2)
 
     def schedule(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
+        if unbounded:
+            return 1.0
         progress = (step - warm) / max(total - warm, 1)
         # float(): checkpoints are loaded weights-only, so no numpy scalars in scheduler state.
         return float(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))

@@ -98,7 +98,9 @@ class StreamSampler(ShardedSampler):
         self.n_chars, self.context, self.streams = n_chars, context, streams
         n_inputs = max(1, n_chars - 1)  # every input position but the last has a target
         if shuffle:
-            self.segments = max(1, segments or 1)
+            # Never more windows than the split holds: a window past the end would have no
+            # target (an epoch then ends early, and the next draws new starts).
+            self.segments = max(1, min(segments or 1, n_inputs // context))
         else:
             self.part = math.ceil(n_inputs / streams)
             self.segments = math.ceil(self.part / context)
