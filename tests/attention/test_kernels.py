@@ -430,3 +430,14 @@ def _check_given(kernel, pattern, q, k, v):
     want = torch.autograd.grad((ref * w).sum(), [q, k, v])
     for a, b in zip(got, want, strict=True):
         assert_close(a, b, **TOL)
+
+
+def test_window_feature_major_inputs(window_path):
+    """Queries and keys laid out feature-major, ``(B, H, D, L)`` viewed as ``(B, H, L, D)``
+    (a convolution's output, as the LogSparse layer's ``conv`` projection gives): the flash
+    path used to return garbage for them."""
+    g = torch.Generator().manual_seed(4)
+    qk = torch.randn(2, 2 * 3 * 8, 70, generator=g)
+    q, k = (t.reshape(2, 3, 8, 70).transpose(-1, -2).requires_grad_() for t in qk.chunk(2, dim=1))
+    v = torch.randn(2, 70, 3, 8, generator=g).transpose(1, 2).requires_grad_()
+    _check_given("window", SlidingWindow(16, one_sided=True).with_padding(torch.tensor([70, 41])), q, k, v)

@@ -677,6 +677,9 @@ def window_core(
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     r = pattern.dilation
+    # ATen's CPU flash kernel reads rows of D with unit stride: a feature-major layout (a
+    # convolution's output viewed as (B, H, L, D)) gave garbage there. Copy such inputs.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     # Cut the keys to the range the queries reach (a window is translation invariant, and
     # so are the relative biases): a few queries over a long cache then touch O(Lq + w r)
     # keys, and the kernel's key gradients are that long too (autograd's slice backward
