@@ -110,3 +110,12 @@ def test_long_context_options_train_on_electricity(tmp_path, option):
     make_long_csv(data)
     cfg = compose_config(FORECAST_TINY + OPTIONS[option] + [f"data.path={data}", f"run_dir={tmp_path / 'run'}"])
     assert "test/rho50" in train(cfg)
+
+
+@pytest.mark.slow
+def test_linformer_trains_on_text_classification(tmp_path):
+    cfg = compose_config(["task=textcls", "model.attention.type=linformer", "model.attention.pattern=full", "model.attention.k=32",
+                          "model.attention.sharing=layer", "trainer.max_steps=3", "trainer.val_check_interval=3",
+                          f"run_dir={tmp_path / 'run'}", *QUIET])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0

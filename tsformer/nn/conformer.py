@@ -107,23 +107,25 @@ class ConvModule(nn.Module):
         return self.drop(self.pw2(h))
 
 
-def make_attention(d_model: int, n_heads: int, dropout: float, cfg: dict) -> nn.Module:
+def make_attention(d_model: int, n_heads: int, dropout: float, cfg: dict, shared: dict | None = None) -> nn.Module:
     """Self-attention module from ``model.attention`` (any registered encoder type; default
     ``mhsa`` with full attention and rotary positions, attention dropout ``dropout``)."""
     if dict(cfg or {}).get("positions", dict(cfg or {}).get("pos")) == "learned":
         raise ValueError("ConformerCTC has no learned position table: choose rotary, relative or none positions")
     defaults = {"type": "mhsa", "pattern": "full", "positions": "rotary", "window": 64, "dropout": dropout}
-    return build_attention(cfg, d_model, n_heads, causal=False, defaults=defaults, network="ConformerCTC")
+    return build_attention(cfg, d_model, n_heads, causal=False, defaults=defaults, network="ConformerCTC",
+                           shared=shared)
 
 
 class ConformerBlock(nn.Module):
     """One Conformer block (macaron feed-forward halves around attention and convolution)."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, conv_kernel: int, dropout: float, attention: dict):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, conv_kernel: int, dropout: float, attention: dict,
+                 shared: dict | None = None):
         super().__init__()
         self.ff1 = FeedForward(d_model, d_ff, dropout)
         self.attn_norm = nn.LayerNorm(d_model)
-        self.attn = make_attention(d_model, n_heads, dropout, attention)
+        self.attn = make_attention(d_model, n_heads, dropout, attention, shared)
         self.attn_drop = nn.Dropout(dropout)
         self.conv = ConvModule(d_model, conv_kernel, dropout)
         self.ff2 = FeedForward(d_model, d_ff, dropout)
@@ -146,10 +148,11 @@ class ConformerEncoder(nn.Module):
     def __init__(self, input_dim: int, d_model: int, n_heads: int, n_layers: int, d_ff: int, conv_kernel: int,
                  dropout: float, attention: dict, subsampling_channels: int | None = None):
         super().__init__()
+        shared: dict = {}  # parts the layers share (Linformer sharing=layer)
         self.subsample = Conv2dSubsampling(input_dim, d_model, subsampling_channels)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            ConformerBlock(d_model, n_heads, d_ff, conv_kernel, dropout, attention) for _ in range(n_layers)
+            ConformerBlock(d_model, n_heads, d_ff, conv_kernel, dropout, attention, shared) for _ in range(n_layers)
         )
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

@@ -57,11 +57,12 @@ def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int
     """The forecasters' blocks: attention from ``model.attention`` (default: LogSparse
     convolutional self-attention, Li et al. 2019) with the model's ``conv_kernel``."""
     defaults = {"type": "conv", "pattern": "logsparse"}
+    shared: dict = {}
     return nn.ModuleList(
         ConvTransformerBlock(
             d_model, d_ff,
             build_attention(attention, d_model, n_heads, causal=causal, defaults=defaults, network=network,
-                            kernel_size=conv_kernel, out_dropout=dropout),
+                            shared=shared, kernel_size=conv_kernel, out_dropout=dropout),
             dropout, ffn,
         )
         for _ in range(n_layers)

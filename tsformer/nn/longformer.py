@@ -115,10 +115,12 @@ class LongformerEncoder(nn.Module):
         dilations = _per_layer(dilation, n_layers, "dilation")
         name = "the character LM (LongformerCharLM)" if one_sided else "LongformerEncoder"
         defaults = {"type": "longformer", "pattern": "window", "one_sided": one_sided}
+        shared: dict = {}  # parts the layers share (Linformer sharing=layer)
         self.layers = nn.ModuleList(
             LongformerLayer(d_model, d_ff, build_attention(
                 {**attention, "window": w, "dilation": r}, d_model, n_heads, causal=one_sided or None,
-                defaults=defaults, network=name, dilated_heads=dilated_heads), dropout, ffn)
+                defaults=defaults, network=name, shared=shared, dilated_heads=dilated_heads,
+                max_len=self.max_tokens), dropout, ffn)
             for w, r in zip(windows, dilations)
         )
         self.norm = nn.LayerNorm(d_model)

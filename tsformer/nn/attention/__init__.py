@@ -15,6 +15,7 @@ key goes to that type's constructor. Layers share one calling convention,
 ``lsra``       :class:`LSRA`                           Wu et al. 2020 (Lite Transformer)
 ``longformer`` :class:`LongformerSelfAttention`        Beltagy et al. 2020
 ``mqa``        :class:`MultiQueryAttention`            Shazeer 2019
+``linformer``  :class:`LinformerAttention`             Wang et al. 2020
 =============  ======================================  ============================
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 
 from tsformer.nn.attention.base import AttentionLayer, AttentionSpec
 from tsformer.nn.attention.conv import ConvSelfAttention
+from tsformer.nn.attention.linformer import LinformerAttention
 from tsformer.nn.attention.longformer import LongformerSelfAttention
 from tsformer.nn.attention.lsra import LSRA, DynamicConv, LightweightConv
 from tsformer.nn.attention.mhsa import MultiHeadSelfAttention
@@ -38,6 +40,7 @@ ATTENTION_LAYERS: dict[str, type[AttentionLayer]] = {
     "lsra": LSRA,
     "longformer": LongformerSelfAttention,
     "mqa": MultiQueryAttention,
+    "linformer": LinformerAttention,
 }
 """Attention layer types by config name (``model.attention.type``)."""
 
@@ -62,6 +65,7 @@ def build_attention(
     causal: bool | None = None,
     defaults: Mapping[str, Any] | None = None,
     network: str = "this network",
+    shared: dict | None = None,
     **hints: Any,
 ) -> AttentionLayer:
     """The attention layer ``model.attention`` asks for.
@@ -74,6 +78,8 @@ def build_attention(
         defaults: config values the network assumes where ``cfg`` is silent (its default
             type and pattern, e.g. ``{"type": "conv", "pattern": "logsparse"}``).
         network: the network's name, for error messages.
+        shared: one dict per network, passed to every layer type that takes ``shared``
+            (parts shared across layers, e.g. Linformer's ``sharing=layer`` projection).
         **hints: constructor arguments the network offers every type (``kernel_size``,
             ``dilated_heads``, ``out_dropout`` ...); a type takes those its constructor
             names and ignores the rest. (Keys in ``cfg`` beyond the schema are not hints:
@@ -89,10 +95,14 @@ def build_attention(
     cls = ATTENTION_LAYERS.get(kind)
     if cls is None:
         raise ValueError(f"unknown attention type {kind!r}; choose one of {sorted(ATTENTION_LAYERS)}")
+    asked = set() if isinstance(cfg, AttentionSpec) else {k for k, v in dict(cfg or {}).items() if v is not None}
+    if cls.patterns is not None and "pattern" not in asked and base.get("pattern") not in cls.patterns:
+        base.pop("pattern", None)  # the network's usual pattern does not fit this type: the type's own default
     spec = AttentionSpec.from_config(cfg, **{**cls.defaults, **base, "type": kind})
     if causal:
         if not cls.causal_capable:
-            raise ValueError(f"{network} is a decoder, but attention type {kind!r} ({cls.__name__}) is bidirectional")
+            why = f": {cls.bidirectional_reason}" if cls.bidirectional_reason else ""
+            raise ValueError(f"{network} is a decoder, but attention type {kind!r} ({cls.__name__}) is bidirectional{why}")
         if not spec.build_pattern().causal:
             raise ValueError(
                 f"{network} is a decoder and needs a causal pattern; attention pattern {spec.pattern!r} "
@@ -100,7 +110,7 @@ def build_attention(
             )
     options, spec.options = spec.options, {}
     params = inspect.signature(cls.__init__).parameters
-    taken = {k: v for k, v in hints.items() if k in params}
+    taken = {k: v for k, v in {**hints, "shared": shared}.items() if k in params}
     unknown = sorted(k for k in options if k not in params or params[k].kind is inspect.Parameter.VAR_KEYWORD)
     if unknown:
         raise ValueError(f"attention type {kind!r} ({cls.__name__}) does not take the option(s) {unknown}")
@@ -116,6 +126,7 @@ __all__ = [
     "ConvSelfAttention",
     "DynamicConv",
     "LightweightConv",
+    "LinformerAttention",
     "LongformerSelfAttention",
     "MultiHeadSelfAttention",
     "MultiQueryAttention",

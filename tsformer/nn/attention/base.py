@@ -100,6 +100,8 @@ class AttentionLayer(nn.Module):
 
     patterns: ClassVar[tuple[str, ...] | None] = None
     causal_capable: ClassVar[bool] = True
+    bidirectional_reason: ClassVar[str] = ""
+    """Why a type that is not ``causal_capable`` cannot be (said in construction errors)."""
     segment_memory: ClassVar[bool] = False
     """Whether ``forward`` takes ``memory``, earlier hidden states attended to as keys
     (Transformer-XL's segment recurrence)."""
@@ -123,7 +125,7 @@ class AttentionLayer(nn.Module):
         if self.patterns is not None and spec.pattern not in self.patterns:
             raise ValueError(
                 f"attention type {spec.type!r} ({type(self).__name__}) cannot take pattern {spec.pattern!r}; "
-                f"it takes {list(self.patterns)}"
+                f"it takes {list(self.patterns)}" + (f" ({self.bidirectional_reason})" if self.bidirectional_reason else "")
             )
         if width % n_heads:
             raise ValueError(f"attention width {width} is not divisible by n_heads={n_heads}")

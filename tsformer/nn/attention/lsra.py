@@ -86,6 +86,7 @@ class LSRA(AttentionLayer):
     """
 
     causal_capable = False
+    bidirectional_reason = "its convolution branch is centred and sees later frames"
 
     def __init__(
         self,
