@@ -214,3 +214,18 @@ def test_multi_query_attention_is_mhsa_with_one_shared_key_value_head():
     a = net.sample(xs, cov, sid, num_samples=3, generator=torch.Generator().manual_seed(2))
     b = net.sample_reference(xs, cov, sid, num_samples=3, generator=torch.Generator().manual_seed(2))
     assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [1, 4, 7])
+def test_jacobi_decoding_reaches_the_greedy_continuation(block):
+    """Santilli et al. 2023: the fixed point of Jacobi iteration is greedy decoding."""
+    from tsformer.nn.decoding import generate_tokens, jacobi_tokens
+
+    torch.manual_seed(0)
+    lm = LongformerCharLM(vocab_size=12, d_model=16, n_heads=2, n_layers=2, d_ff=32, window=[4, 8],
+                          dilation=[1, 2], dilated_heads=1, max_tokens=128, positions="rotary").eval()
+    prompt = torch.randint(1, 12, (2, 9))
+    greedy = generate_tokens(lm, prompt, 30, temperature=0.0, max_context=128)
+    out, counts = jacobi_tokens(lm, prompt, 30, block=block, max_context=128)
+    assert torch.equal(out, greedy)
+    assert counts["tokens"] == 30 and counts["passes"] >= 30 // block
