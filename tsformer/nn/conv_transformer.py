@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
-from tsformer.nn.blocks import check_ffn
+from tsformer.nn.blocks import make_ffn
 from tsformer.nn.decoding import DecodeCache, KVCache
 from tsformer.nn.likelihoods import GaussianHead
 
@@ -29,22 +29,16 @@ class ConvTransformerBlock(nn.Module):
         d_model, d_ff: widths.
         attn: the attention layer (``(B, L, d) -> (B, L, d)``).
         dropout: feed-forward dropout.
-        ffn: ``mlp`` or ``none`` (no feed-forward sublayer: with persistent memory, the
-            all-attention layer of Sukhbaatar et al. 2019).
+        ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
     """
 
     def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp"):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = attn
-        check_ffn(ffn)
-        if ffn == "mlp":
+        self.ff = make_ffn(ffn, d_model, d_ff, dropout)
+        if self.ff is not None:
             self.ln2 = nn.LayerNorm(d_model)
-            self.ff = nn.Sequential(
-                nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model), nn.Dropout(dropout)
-            )
-        else:
-            self.ff = None
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """``(B, L, d)`` -> ``(B, L, d)``; with a cache, ``x`` is the next positions."""

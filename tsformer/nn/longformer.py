@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.attention.base import rename_keys
-from tsformer.nn.blocks import check_ffn
+from tsformer.nn.blocks import make_ffn
 from tsformer.nn.decoding import DecodeCache, KVCache
 
 
@@ -53,19 +53,16 @@ class LongformerLayer(nn.Module):
         d_model, d_ff: widths.
         attn: the attention layer (output projection included).
         dropout: residual dropout.
-        ffn: ``mlp`` or ``none`` (all-attention, with persistent memory).
+        ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
     """
 
     def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp"):
         super().__init__()
-        check_ffn(ffn)
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = attn
-        if ffn == "mlp":
+        self.ff = make_ffn(ffn, d_model, d_ff, dropout, inner_dropout=False)
+        if self.ff is not None:
             self.norm2 = nn.LayerNorm(d_model)
-            self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
-        else:
-            self.ff = None
         self.drop = nn.Dropout(dropout)
         # The output projection moved into the attention layer.
         self._register_load_state_dict_pre_hook(rename_keys({"out.": "attn.out."}))
@@ -97,7 +94,7 @@ class LongformerEncoder(nn.Module):
             fits), ``pattern`` (``window`` | ``full`` for Longformer), ``kernel``, ...
         truncate: keep only the first ``truncate`` tokens (None: all).
         dropout: residual and embedding dropout.
-        ffn: ``mlp`` or ``none`` (all-attention layers, with ``attention.persistent``).
+        ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_heads: int = 4, n_layers: int = 2, d_ff: int = 256,
