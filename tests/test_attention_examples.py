@@ -119,3 +119,22 @@ def test_linformer_trains_on_text_classification(tmp_path):
                           f"run_dir={tmp_path / 'run'}", *QUIET])
     metrics = train(cfg)
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_rwkv_trains_on_charlm_and_electricity(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 60)
+    rwkv = ["model.attention.type=rwkv", "model.attention.pattern=causal", "model.attention.positions=none",
+            "model.ffn=rwkv"]
+    cfg = compose_config(["task=charlm", *rwkv, f"data.path={text}", "data.context=64", "data.train_samples=32",
+                          "data.batch_size=8", "trainer.max_steps=3", "trainer.val_check_interval=3",
+                          "model.d_model=32", "model.n_heads=4", "model.d_ff=64", "model.window=[8,8,16]",
+                          f"run_dir={tmp_path / 'lm'}", *QUIET])
+    assert 0 < train(cfg)["test/bpc"] < 8
+    data = tmp_path / "series.csv"
+    make_long_csv(data)
+    cfg = compose_config(FORECAST_TINY + ["model.attention.type=rwkv", "model.attention.pattern=causal", "model.ffn=rwkv",
+                                          f"data.path={data}",
+                                          f"run_dir={tmp_path / 'fc'}"])
+    assert "test/rho50" in train(cfg)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FFNS = ("mlp", "glu", "none")
+FFNS = ("mlp", "glu", "rwkv", "none")
 """``model.ffn`` values:
 
 - ``mlp``: two linear layers around GELU (Vaswani et al. 2017);
 - ``glu``: a gated linear unit, ``(GELU(x W) * x V) W_o`` (Shazeer 2020, "GLU Variants
   Improve Transformer"; MosaicBERT's feed-forward, Portes et al. 2023), its width chosen so
   the parameters equal the ``mlp``'s (:func:`glu_width`);
+- ``rwkv``: RWKV-4 channel mixing (Peng et al. 2023; it reads the previous position, so it
+  keeps its own state in a decoding cache);
 - ``none``: no feed-forward sublayer: with ``model.attention.persistent``, the all-attention
   layer of Sukhbaatar et al. 2019, whose persistent vectors take the feed-forward's place.
 """
@@ -49,8 +51,10 @@ class GLUFeedForward(nn.Module):
         return self.wo(self.drop(F.gelu(gate) * value))
 
 
-def make_ffn(kind: str, d_model: int, d_ff: int, dropout: float, inner_dropout: bool = True) -> nn.Module | None:
-    """The feed-forward sublayer ``model.ffn`` names (None for ``none``).
+def make_ffn(kind: str, d_model: int, d_ff: int, dropout: float, inner_dropout: bool = True, layer: int = 0,
+             n_layers: int = 1) -> nn.Module | None:
+    """The feed-forward sublayer ``model.ffn`` names (None for ``none``). A module with
+    ``takes_cache`` is called as ``ff(x, cache=...)`` by the blocks.
 
     ``mlp`` keeps the layout the networks' checkpoints were written with:
     ``Linear, GELU, [Dropout], Linear, [Dropout]`` with dropout only where ``inner_dropout``.
@@ -58,6 +62,10 @@ def make_ffn(kind: str, d_model: int, d_ff: int, dropout: float, inner_dropout: 
     check_ffn(kind)
     if kind == "none":
         return None
+    if kind == "rwkv":
+        from tsformer.nn.attention.rwkv import RWKVChannelMix
+
+        return RWKVChannelMix(d_model, d_ff, layer, n_layers)
     if kind == "glu":
         return nn.Sequential(GLUFeedForward(d_model, d_ff, dropout if inner_dropout else 0.0),
                              *([nn.Dropout(dropout)] if inner_dropout else []))

@@ -32,18 +32,22 @@ class ConvTransformerBlock(nn.Module):
         ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
     """
 
-    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp"):
+    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp",
+                 layer: int = 0, n_layers: int = 1):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = attn
-        self.ff = make_ffn(ffn, d_model, d_ff, dropout)
+        self.ff = make_ffn(ffn, d_model, d_ff, dropout, layer=layer, n_layers=n_layers)
         if self.ff is not None:
             self.ln2 = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """``(B, L, d)`` -> ``(B, L, d)``; with a cache, ``x`` is the next positions."""
         x = x + self.attn(self.ln1(x), lengths, cache=cache)
-        return x if self.ff is None else x + self.ff(self.ln2(x))
+        if self.ff is None:
+            return x
+        h = self.ln2(x)
+        return x + (self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
 
 
 def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int, n_heads: int, d_ff: int,
@@ -56,10 +60,10 @@ def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int
         ConvTransformerBlock(
             d_model, d_ff,
             build_attention(attention, d_model, n_heads, causal=causal, defaults=defaults, network=network,
-                            shared=shared, kernel_size=conv_kernel, out_dropout=dropout),
-            dropout, ffn,
+                            shared=shared, kernel_size=conv_kernel, out_dropout=dropout, layer=i, n_layers=n_layers),
+            dropout, ffn, i, n_layers,
         )
-        for _ in range(n_layers)
+        for i in range(n_layers)
     )
 
 

@@ -56,11 +56,12 @@ class LongformerLayer(nn.Module):
         ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
     """
 
-    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp"):
+    def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp",
+                 layer: int = 0, n_layers: int = 1):
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = attn
-        self.ff = make_ffn(ffn, d_model, d_ff, dropout, inner_dropout=False)
+        self.ff = make_ffn(ffn, d_model, d_ff, dropout, inner_dropout=False, layer=layer, n_layers=n_layers)
         if self.ff is not None:
             self.norm2 = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
@@ -74,7 +75,10 @@ class LongformerLayer(nn.Module):
         mem = None if memory is None else self.norm1(memory)
         kw = {} if mem is None else {"memory": mem}
         x = x + self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache, **kw))
-        return x if self.ff is None else x + self.drop(self.ff(self.norm2(x)))
+        if self.ff is None:
+            return x
+        h = self.norm2(x)
+        return x + self.drop(self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
 
 
 class LongformerEncoder(nn.Module):
@@ -117,8 +121,8 @@ class LongformerEncoder(nn.Module):
             LongformerLayer(d_model, d_ff, build_attention(
                 {**attention, "window": w, "dilation": r}, d_model, n_heads, causal=one_sided or None,
                 defaults=defaults, network=name, shared=shared, dilated_heads=dilated_heads,
-                max_len=self.max_tokens), dropout, ffn)
-            for w, r in zip(windows, dilations)
+                max_len=self.max_tokens, layer=i, n_layers=n_layers), dropout, ffn, i, n_layers)
+            for i, (w, r) in enumerate(zip(windows, dilations))
         )
         self.norm = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)

@@ -16,6 +16,7 @@ key goes to that type's constructor. Layers share one calling convention,
 ``longformer`` :class:`LongformerSelfAttention`        Beltagy et al. 2020
 ``mqa``        :class:`MultiQueryAttention`            Shazeer 2019
 ``linformer``  :class:`LinformerAttention`             Wang et al. 2020
+``rwkv``       :class:`RWKVTimeMix`                    Peng et al. 2023 (RWKV-4)
 =============  ======================================  ============================
 """
 
@@ -33,6 +34,7 @@ from tsformer.nn.attention.lsra import LSRA, DynamicConv, LightweightConv
 from tsformer.nn.attention.mhsa import MultiHeadSelfAttention
 from tsformer.nn.attention.mqa import MultiQueryAttention
 from tsformer.nn.attention.positions import POSITIONS, Positions, alibi_slopes
+from tsformer.nn.attention.rwkv import RWKVTimeMix
 
 ATTENTION_LAYERS: dict[str, type[AttentionLayer]] = {
     "mhsa": MultiHeadSelfAttention,
@@ -41,6 +43,7 @@ ATTENTION_LAYERS: dict[str, type[AttentionLayer]] = {
     "longformer": LongformerSelfAttention,
     "mqa": MultiQueryAttention,
     "linformer": LinformerAttention,
+    "rwkv": RWKVTimeMix,
 }
 """Attention layer types by config name (``model.attention.type``)."""
 
@@ -131,6 +134,7 @@ __all__ = [
     "MultiHeadSelfAttention",
     "MultiQueryAttention",
     "Positions",
+    "RWKVTimeMix",
     "alibi_slopes",
     "build_attention",
     "register_attention",

@@ -1,0 +1,107 @@
+"""RWKV-4 (Peng et al. 2023): the WKV formula, its stable recurrent and parallel forms, and
+the same weights decoding step by step on the shared cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from tsformer.nn.attention.rwkv import wkv_chunked, wkv_recurrent
+
+
+def _naive(w, u, k, v):
+    """The paper's formula written out (float64, no stabilisation: small inputs only)."""
+    B, T, C = k.shape
+    out = torch.zeros(B, T, C, dtype=torch.float64)
+    for t in range(T):
+        num = torch.exp(u + k[:, t]) * v[:, t]
+        den = torch.exp(u + k[:, t])
+        for i in range(t):
+            e = torch.exp((t - 1 - i) * w + k[:, i])
+            num, den = num + e * v[:, i], den + e
+        out[:, t] = num / den
+    return out
+
+
+def _inputs(B, T, C, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = -torch.exp(torch.randn(C, generator=g, dtype=torch.float64))
+    u = torch.randn(C, generator=g, dtype=torch.float64)
+    k = torch.randn(B, T, C, generator=g, dtype=torch.float64) * scale
+    v = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+    return w, u, k, v
+
+
+def test_recurrence_equals_the_papers_formula():
+    w, u, k, v = _inputs(2, 9, 5)
+    y, _ = wkv_recurrent(w, u, k, v)
+    assert_close(y, _naive(w, u, k, v))
+
+
+@pytest.mark.parametrize(("T", "chunk"), [(1, 4), (7, 3), (33, 8), (64, 32)])
+def test_parallel_chunks_equal_the_recurrence(T, chunk):
+    w, u, k, v = _inputs(2, T, 6, seed=T)
+    y_rec, s_rec = wkv_recurrent(w, u, k, v)
+    y_par, s_par = wkv_chunked(w, u, k, v, chunk=chunk)
+    assert_close(y_par, y_rec)
+    # The carried state continues identically.
+    w2, u2, k2, v2 = _inputs(2, 5, 6, seed=T + 100)
+    assert_close(wkv_chunked(w, u, k2, v2, s_par, chunk)[0], wkv_recurrent(w, u, k2, v2, s_rec)[0])
+
+
+def test_stable_on_long_sequences_with_large_keys():
+    w64, u64, k64, v64 = _inputs(1, 3000, 4, scale=60.0)  # e^{60 k} would overflow without the running max
+    want, _ = wkv_recurrent(w64, u64, k64, v64)
+    w, u, k, v = (t.float() for t in (w64, u64, k64, v64))
+    y_par, _ = wkv_chunked(w, u, k, v, chunk=64)
+    y_rec, _ = wkv_recurrent(w, u, k, v)
+    assert torch.isfinite(y_par).all() and torch.isfinite(y_rec).all()
+    assert_close(y_par.double(), want, rtol=2e-3, atol=2e-3)  # fp32 rounding over 3000 steps
+    assert_close(y_rec.double(), want, rtol=2e-3, atol=2e-3)
+    grads = torch.autograd.grad(wkv_chunked(w, u, k.requires_grad_(), v, chunk=64)[0].sum(), k)
+    assert torch.isfinite(grads[0]).all()
+
+
+@pytest.mark.parametrize("ffn", ["rwkv", "mlp"])
+def test_char_lm_parallel_training_equals_recurrent_decoding(ffn):
+    from tsformer.nn.decoding import generate_tokens, jacobi_tokens
+    from tsformer.nn.longformer import LongformerCharLM
+
+    torch.manual_seed(0)
+    lm = LongformerCharLM(vocab_size=12, d_model=16, n_heads=2, n_layers=2, d_ff=32, window=[4, 4], max_tokens=256,
+                          dropout=0.0, ffn=ffn, attention={"type": "rwkv", "pattern": "causal", "positions": "none"})
+    lm.eval()
+    tokens = torch.randint(0, 12, (2, 40))
+    with torch.no_grad():
+        full = lm(tokens)
+        cache = lm.new_cache(2, 40)
+        parts = [lm(tokens[:, :13], cache=cache)] + [lm(tokens[:, t : t + 1], cache=cache) for t in range(13, 37)]
+        parts.append(lm(tokens[:, 37:], cache=cache))
+    assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-5)
+    prompt = tokens[:, :5]
+    greedy = generate_tokens(lm, prompt, 20, temperature=0.0, max_context=256)
+    assert torch.equal(greedy, generate_tokens(lm, prompt, 20, temperature=0.0, cache=False, max_context=256))
+    assert torch.equal(jacobi_tokens(lm, prompt, 20, block=4, max_context=256)[0], greedy)
+
+
+def test_forecast_sampling_on_the_recurrent_state():
+    from tsformer.nn.conv_transformer import ConvTransformerForecaster
+
+    torch.manual_seed(0)
+    m = ConvTransformerForecaster(2, 1, d_model=16, n_heads=2, n_layers=2, d_ff=16, dropout=0.0, ffn="rwkv",
+                                  attention={"type": "rwkv"}).eval()
+    g = torch.Generator().manual_seed(0)
+    x, cov, sid = torch.randn(2, 14, generator=g), torch.randn(2, 18, 1, generator=g), torch.tensor([0, 1])
+    a = m.sample(x, cov, sid, num_samples=3, generator=torch.Generator().manual_seed(2))
+    b = m.sample_reference(x, cov, sid, num_samples=3, generator=torch.Generator().manual_seed(2))
+    assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_refusals_say_why():
+    from tsformer.nn.attention import build_attention
+
+    with pytest.raises(ValueError, match="takes no positions"):
+        build_attention({"type": "rwkv", "positions": "rotary"}, 16, 2)
+    with pytest.raises(ValueError, match="cannot take pattern 'full'"):
+        build_attention({"type": "rwkv", "pattern": "full"}, 16, 2)
