@@ -179,11 +179,6 @@ class DecodeCache:
         return x
 
 
-def expand_paths(x: Tensor, repeat: int) -> Tensor:
-    """``(B, ...)`` -> ``(B * repeat, ...)``, path-major within each element."""
-    return x.repeat_interleave(repeat, 0) if repeat > 1 else x
-
-
 
 
 
@@ -288,4 +283,4 @@ def jacobi_tokens(net, prompt: Tensor, steps: int, block: int = 8, max_context: 
     return x[:, :total], {"passes": passes, "tokens": steps}
 
 
-__all__ = ["DecodeCache", "KVCache", "expand_paths", "generate_tokens", "jacobi_tokens"]
+__all__ = ["DecodeCache", "KVCache", "generate_tokens", "jacobi_tokens"]
