@@ -73,14 +73,6 @@ SERVES = {
 EXACT = {"sparse", "logsparse", "window"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _make_bias(kind: str, B: int, Lq: int, Lk: int, g: torch.Generator, grad: bool = True, dtype=torch.float32):
     def leaf(x):
         return x.to(dtype).requires_grad_(grad)

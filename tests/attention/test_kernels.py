@@ -45,15 +45,6 @@ KERNEL_LENGTHS = {"sparse": LENGTHS, "sdpa": [1, 7, 33, 130], "flex": [1, 33, 13
 TOL = dict(rtol=1e-4, atol=2e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: threading only adds overhead, and the CPU is shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _inputs(L: int, B: int = 2, H: int = 2, D: int = 8, device="cpu", grad=True, seed=0):
     g = torch.Generator().manual_seed(seed + L)
     return [
