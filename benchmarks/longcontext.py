@@ -363,7 +363,7 @@ def part_forecast(a, env, run_root, out) -> None:
                      "rho90": m.get("test/rho90"), "crps": m.get("test/crps"), "train_seconds": m.get("train/seconds"),
                      "train_steps": m.get("train/steps"), "quick": a.quick})
     append(rows, out)
-    lines = [header(a, "electricity sample, default budget" + (" (60 steps)" if a.quick else "")), "",
+    lines = [header(a, "electricity sample, " + ("60 steps" if a.quick else "the task's default 800 steps")), "",
              "| model | test rho50 | test rho90 | CRPS | steps | train s |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['rho50']:.4f} | {r['rho90']:.4f} | {r['crps']:.4f} | {r['train_steps']} | "
