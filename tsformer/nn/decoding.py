@@ -98,6 +98,14 @@ class KVCache:
             self._k[:, :, t : t + lq], self._v[:, :, t : t + lq] = k, v
         self.n += lq
 
+    def advance(self, length: int) -> None:
+        """Count ``length`` positions a layer keeps as state rather than keys (a recurrent
+        layer such as RWKV): the first call is the prefix."""
+        if self.length == 0:
+            self.prefix_len = length
+        else:
+            self.n += length
+
     def keys_values(self) -> tuple[Tensor, Tensor]:
         """All keys and values ``(B, H, length, D)`` (one path per element only)."""
         if self.shared:

@@ -147,10 +147,9 @@ class LongformerEncoder(nn.Module):
             lengths = lengths.clamp(max=tokens.shape[1])
         L = tokens.shape[1]
         start = 0 if cache is None else cache.length
-        if start + L > self.max_tokens and self.pos is not None:
+        # A learned table ends at max_tokens; relative positions only limit one full pass.
+        if start + L > self.max_tokens and (self.pos is not None or cache is None):
             raise ValueError(f"input of {start + L} tokens is longer than max_tokens={self.max_tokens}")
-        if start + L > self.max_tokens and cache is None:
-            raise ValueError(f"input of {L} tokens is longer than max_tokens={self.max_tokens}")
         x = self.embed(tokens)
         if self.pos is not None:
             x = x + self.pos.weight[start : start + L]

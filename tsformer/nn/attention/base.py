@@ -142,10 +142,6 @@ class AttentionLayer(nn.Module):
                 raise ValueError(f"model.attention.span needs pattern full, causal or window, not {spec.pattern!r}")
             self.span = AdaptiveSpan.from_config(spec.span, n_heads, causal=self.pattern.causal)
 
-    @property
-    def causal(self) -> bool:
-        return self.pattern.causal
-
     def heads(self, t: Tensor) -> Tensor:
         """``(B, L, H D)`` -> ``(B, H, L, D)``."""
         B, L, _ = t.shape

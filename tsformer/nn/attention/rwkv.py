@@ -184,9 +184,7 @@ class RWKVTimeMix(AttentionLayer):
             else:
                 last = x[:, -1]
             cache.state["rwkv"] = (last, *state)
-            cache.n += x.shape[1] if st is not None else 0
-            if st is None:
-                cache.prefix_len = x.shape[1]
+            cache.advance(x.shape[1])
         return self.output(r * y.to(x.dtype))
 
 
