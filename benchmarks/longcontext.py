@@ -9,7 +9,7 @@ Parts (each appends its rows to ``benchmarks/results/longcontext.json`` and a ta
 
 - ``table``: baseline (mhsa, causal, rotary), ALiBi, adaptive span, all-attention
   (persistent slots instead of feed-forwards, ``N = d_ff`` for equal parameters) and
-  Transformer-XL with and without memory, each the same network size (``d_ff`` adjusted so
+  Transformer-XL with and without memory, and RWKV-4 (time and channel mixing), each the same network size (``d_ff`` adjusted so
   parameters agree within 5%) and the same wall-clock training budget (``--minutes``) on 2
   CPU threads; bpc on the first ``--eval-chars`` characters of the test book.
 - ``extrapolation``: rotary, ALiBi and learned positions trained at 256 characters,
@@ -64,6 +64,8 @@ def variants(train_len: int, span_max: int) -> dict[str, list[str]]:
         "all_attention": ["model.attention.positions=rotary", f"model.attention.persistent={D_FF}", "model.ffn=none"],
         "xl_no_memory": ["model.attention.positions=xl", "data.stream=true", "model.memory.length=0"],
         "xl_memory": ["model.attention.positions=xl", *stream],
+        # RWKV-4 (#17): time mixing instead of attention, channel mixing instead of the MLP.
+        "rwkv": ["model.attention.type=rwkv", "model.attention.positions=none", "model.ffn=rwkv"],
     }
 
 
