@@ -135,16 +135,77 @@ def load_tsf(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, di
     return net.to(device).eval(), info
 
 
-def parse_args(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Hydra-style ``key=value`` arguments over ``defaults``; unknown keys are an error."""
+def decode_conf_dir() -> Path:
+    """Where the ``decode`` options live: ``conf/decode`` under the config root that
+    :mod:`tsformer.train` composes from (the one place that knows it)."""
+    from tsformer.train import CONF_DIR
+
+    return Path(CONF_DIR) / "decode"
+
+
+def load_decode(name: str = "sequential", overrides: dict[str, Any] | list[str] | None = None) -> dict[str, Any]:
+    """The decoding options (#18): ``conf/decode/<name>.yaml`` with dotted ``overrides``
+    (``{"block": 8, "early_exit.tolerance": 0.01}`` or ``["block=8", ...]``) applied.
+
+    Raises:
+        SystemExit: an unknown decoder name, or a key the file does not have (named).
+    """
+    folder = decode_conf_dir()
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SystemExit(f"decode={name}: no {path}; choose one of {known}")
+    base = OmegaConf.load(path)
+    items = overrides.items() if isinstance(overrides, dict) else (a.split("=", 1) for a in overrides or [])
+    over = OmegaConf.from_dotlist([f"{k}={v}" if not isinstance(v, (list, dict)) else f"{k}={json.dumps(v)}"
+                                   for k, v in items])
+    flat = {k for k in _dotted_keys(OmegaConf.to_container(base))}
+    unknown = sorted(_dotted_keys(OmegaConf.to_container(over)) - flat)
+    if unknown:
+        raise SystemExit(f"unknown key(s) {['decode.' + k for k in unknown]} for decode={name} "
+                         f"({path}); known: {sorted('decode.' + k for k in flat)}")
+    return OmegaConf.to_container(OmegaConf.merge(base, over), resolve=True)
+
+
+def _dotted_keys(d: Any, prefix: str = "") -> set[str]:
+    """``{"a": {"b": 1}, "c": 2}`` -> ``{"a.b", "c"}`` (leaves; an empty or null mapping
+    value is a leaf too)."""
+    if not isinstance(d, dict) or not d:
+        return {prefix[:-1]} if prefix else set()
+    out: set[str] = set()
+    for k, v in d.items():
+        out |= _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}"}
+    return out
+
+
+def parse_args(argv: list[str], defaults: dict[str, Any], usage: str | None = None) -> dict[str, Any]:
+    """Hydra-style ``key=value`` arguments over ``defaults``; unknown keys are an error.
+
+    Where ``defaults`` has a ``decode`` key (a decoder name), ``decode=<name>`` picks
+    ``conf/decode/<name>.yaml`` and ``decode.<key>=<value>`` sets its keys
+    (:func:`load_decode`); ``args["decode"]`` is then the options dict.
+    ``--help``, ``-h`` or ``help=true`` prints the keys and their defaults and exits.
+    """
+    if any(a in ("--help", "-h", "help=true", "help=True") for a in argv):
+        print(usage or "arguments (key=value):")
+        for k, v in defaults.items():
+            print(f"  {k}={'null' if v is None else json.dumps(v) if isinstance(v, (list, dict, bool)) else v}")
+        if "decode" in defaults:
+            print("  decode.<key>=...: a key of conf/decode/<decode>.yaml (e.g. decode.block=8)")
+        raise SystemExit(0)
     bad = [a for a in argv if "=" not in a]
     if bad:
         raise SystemExit(f"arguments are key=value; got {bad}")
+    dec = [a for a in argv if a.startswith("decode.")] if "decode" in defaults else []
+    argv = [a for a in argv if a not in dec]
     cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.from_dotlist(argv))
     unknown = set(cfg) - set(defaults)
     if unknown:
         raise SystemExit(f"unknown argument(s) {sorted(unknown)}; known: {sorted(defaults)}")
-    return OmegaConf.to_container(cfg, resolve=True)
+    args = OmegaConf.to_container(cfg, resolve=True)
+    if "decode" in defaults:
+        args["decode"] = load_decode(str(args["decode"] or "sequential"), [a[len("decode."):] for a in dec])
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from tsformer.data.errors import DataError
-from tsformer.export import ExportError, load_tsf, parse_args
+from tsformer.export import ExportError, load_decode, load_tsf, parse_args
 from tsformer.tasks.forecasting import forecast_batch
 
 DEFAULTS: dict[str, Any] = {
@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "plot": False,  # PNG plots of history and forecast fan
     "plot_series": None,  # series ids to plot; null: the first 3
     "plot_dir": None,  # null: <output stem>_plots next to the output
+    "decode": "sequential",  # conf/decode/<name>.yaml: sequential | jacobi (decode.<key>=... sets its keys)
 }
 
 
@@ -69,8 +70,12 @@ def predict_frame(
     device: str = "cpu",
     progress: bool = False,
     keep_samples: bool = False,
+    decode: dict | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Forecast every predict item of ``dm`` (after ``setup("predict")``).
+
+    ``decode``: decoding options (:func:`tsformer.export.load_decode`); ``method=jacobi``
+    draws each batch's noise up front from the seeded generator.
 
     Returns:
         The long forecast table (``series``, ``time``, ``mean``, one column per quantile)
@@ -87,7 +92,7 @@ def predict_frame(
     done = 0
     for batch in tqdm(dm.predict_dataloader(), disable=not progress, desc="forecast", unit="batch"):
         batch = {k: v.to(device) for k, v in batch.items()}
-        s = forecast_batch(net, batch, num_samples, gen).float()  # (B, S, H)
+        s = forecast_batch(net, batch, num_samples, gen, decode=decode).float()  # (B, S, H)
         if len(quantiles):
             quants.append(torch.quantile(s, qs, dim=1).permute(1, 2, 0).cpu().numpy())  # (B, H, Q)
         means.append(s.mean(1).cpu().numpy())
@@ -170,6 +175,9 @@ def plot_forecasts(dm, fc: pd.DataFrame, series: list[str], out_dir: Path, quant
 def forecast(**kwargs) -> pd.DataFrame:
     """Run the forecast command with keyword arguments (see :data:`DEFAULTS`)."""
     args = {**DEFAULTS, **kwargs}
+    decode = args["decode"] if isinstance(args["decode"], dict) else load_decode(str(args["decode"] or "sequential"))
+    if decode.get("method") not in ("sequential", "jacobi"):
+        raise SystemExit(f"decode.method={decode.get('method')!r}: forecasts decode sequential or jacobi")
     if not args["model"] or not args["input"]:
         raise SystemExit("usage: python -m tsformer.forecast model=model.tsf input=history.csv output=forecast.csv")
     device = args["device"]
@@ -192,7 +200,7 @@ def forecast(**kwargs) -> pd.DataFrame:
               file=sys.stderr)
     num_samples = int(args["num_samples"] or info["config"].get("module", {}).get("num_samples", 100))
     fc, _ = predict_frame(net, dm, quantiles, num_samples, include_mean=bool(args["mean"]), seed=args["seed"],
-                          device=device, progress=bool(args["progress"]))
+                          device=device, progress=bool(args["progress"]), decode=decode)
     write_csv_atomic(fc, args["output"])
     if args["plot"]:
         out = Path(args["output"])
@@ -203,7 +211,7 @@ def forecast(**kwargs) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS)
+    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, usage=__doc__)
     try:
         fc = forecast(**args)
     except (DataError, ExportError) as e:

@@ -228,4 +228,4 @@ def test_jacobi_decoding_reaches_the_greedy_continuation(block):
     greedy = generate_tokens(lm, prompt, 30, temperature=0.0, max_context=128)
     out, counts = jacobi_tokens(lm, prompt, 30, block=block, max_context=128)
     assert torch.equal(out, greedy)
-    assert counts["tokens"] == 30 and counts["passes"] >= 30 // block
+    assert counts["tokens"] == 30 and (30 - 1) // block <= counts["passes"] <= 30 - 1

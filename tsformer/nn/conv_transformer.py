@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.blocks import make_ffn
-from tsformer.nn.decoding import DecodeCache, KVCache
+from tsformer.nn.decoding import DecodeCache, KVCache, decode_values
 from tsformer.nn.likelihoods import GaussianHead
 
 
@@ -163,6 +163,7 @@ class ConvTransformerForecaster(nn.Module):
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
         static: Tensor | None = None,
+        decode: dict[str, Any] | None = None,
     ) -> Tensor:
         """Ancestral sampling of future paths.
 
@@ -175,6 +176,10 @@ class ConvTransformerForecaster(nn.Module):
             noise: optional ``(B, num_samples, H)`` standard-normal draws to use instead,
                 so that forecasts do not depend on batching or on the global random state.
             static: ``(B, S)`` static category codes.
+            decode: the ``decode`` options (:func:`tsformer.nn.decoding.decode_values`):
+                ``method=jacobi`` updates all horizon positions per forward pass from
+                pre-drawn noise (drawn here from ``generator`` when ``noise`` is None) and
+                reaches the paths that sequential sampling gives with that noise.
         Returns:
             ``(B, num_samples, H)`` scaled sample paths.
         """
@@ -184,24 +189,28 @@ class ConvTransformerForecaster(nn.Module):
         L = covariates.shape[1]
         H = L - C1 + 1
         S = num_samples
+        if noise is None and (decode or {}).get("method", "sequential") != "sequential":
+            # Parallel decoding needs every path's noise up front.
+            noise = torch.randn(B, S, H, generator=generator, device=inputs.device, dtype=inputs.dtype)
         cache = DecodeCache.create(len(self.blocks), B, S, L)
         x = cache.run(self.blocks, self._embed(inputs, covariates[:, :C1], series, static))
         mu, sigma = self.head(self.ln(x[:, -1:]))
-        mu, sigma = mu.repeat_interleave(S, 0), sigma.repeat_interleave(S, 0)
         sid = series.repeat_interleave(S, 0)
         eps = None if noise is None else noise.reshape(B * S, H)
         sst = None if static is None else static.repeat_interleave(S, 0)
-        out = []
-        for h in range(H):
-            draw = GaussianHead.sample(mu[:, -1], sigma[:, -1], generator, None if eps is None else eps[:, h])
-            out.append(draw)
-            if h == H - 1:
-                break
-            pos = C1 + h
-            cov = covariates[:, pos : pos + 1].repeat_interleave(S, 0)
-            xt = cache.run(self.blocks, self._embed(draw[:, None], cov, sid, sst))
-            mu, sigma = self.head(self.ln(xt))
-        return torch.stack(out, dim=1).view(B, S, H)
+        first = GaussianHead.sample(mu[:, -1].repeat_interleave(S, 0), sigma[:, -1].repeat_interleave(S, 0),
+                                    generator, None if eps is None else eps[:, 0])
+
+        def step(prev: Tensor, start: int) -> Tensor:
+            # prev: (B S, m) draws of horizon steps start .. start + m - 1, fed as inputs
+            pos = C1 + start
+            m = prev.shape[1]
+            cov = covariates[:, pos : pos + m].repeat_interleave(S, 0)
+            mu, sigma = self.head(self.ln(cache.run(self.blocks, self._embed(prev, cov, sid, sst))))
+            return GaussianHead.sample(mu, sigma, generator, None if eps is None else eps[:, start + 1 : start + 1 + m])
+
+        out, _ = decode_values(step, first, H, cache, decode)
+        return out.view(B, S, H)
 
     @torch.no_grad()
     def sample_reference(

@@ -15,11 +15,25 @@ the whole cache (:func:`tsformer.attention.split.split_attention`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+
+class InputTail(NamedTuple):
+    """A layer's recent inputs kept in its cache state (a causal convolution's left context),
+    so that :meth:`KVCache.truncate` can rewind them too.
+
+    Attributes:
+        x: ``(B R, C, T)`` the inputs of positions ``end - T .. end - 1``.
+        end: cache length after the last of them.
+    """
+
+    x: Tensor
+    end: int
 
 
 @dataclass
@@ -124,10 +138,39 @@ class KVCache:
         return self._k[:, :, None, P:t], self._v[:, :, None, P:t]
 
     def truncate(self, length: int) -> None:
-        """Forget positions from ``length`` on (a rejected guess of parallel decoding)."""
+        """Forget positions from ``length`` on (a rejected guess of parallel decoding).
+
+        Layer state other than :class:`InputTail` entries is left alone: see
+        :attr:`rewindable`, and :meth:`DecodeCache.restore` for undoing a whole step.
+        """
         if not self.prefix_len <= length <= self.length:
             raise ValueError(f"can only truncate the suffix: {length} not in [{self.prefix_len}, {self.length}]")
         self.n = length - self.prefix_len
+
+    @property
+    def rewindable(self) -> bool:
+        """Whether :meth:`truncate` leaves the layer exactly as if the forgotten positions had
+        never been fed: its state holds only keys, values and :class:`InputTail` entries
+        (a recurrent state, e.g. RWKV's, cannot forget positions)."""
+        return all(isinstance(v, InputTail) for v in self.state.values())
+
+    def keep_inputs(self, name: str, x: Tensor, added: int) -> None:
+        """Keep ``x (B R, C, T)``, a layer's inputs up to the ``added`` positions the running
+        step adds (called before the step's :meth:`append`)."""
+        self.state[name] = InputTail(x, self.length + added)
+
+    def recent_inputs(self, name: str, k: int) -> Tensor | None:
+        """The last ``k`` inputs kept under ``name`` as of the current length (earlier ones
+        after a :meth:`truncate`), ``(B R, C, k)``; None if nothing is kept. Called before
+        the running step appends."""
+        entry = self.state.get(name)
+        if entry is None:
+            return None
+        x, end = entry
+        drop = end - self.length
+        if drop < 0 or drop > x.shape[-1] - k:
+            raise ValueError(f"cache state {name!r} kept up to position {end}, cannot serve length {self.length}")
+        return x[..., x.shape[-1] - drop - k : x.shape[-1] - drop]
 
 
 @dataclass
@@ -156,9 +199,21 @@ class DecodeCache:
     def repeat(self) -> int:
         return self.layers[0].repeat if self.layers else 1
 
+    @property
+    def rewindable(self) -> bool:
+        """Whether every layer can forget positions (:attr:`KVCache.rewindable`)."""
+        return all(layer.rewindable for layer in self.layers)
+
     def truncate(self, length: int) -> None:
-        """Forget positions from ``length`` on, in every layer (key/value positions only;
-        see :meth:`snapshot` for layer state such as a convolution's last inputs)."""
+        """Forget positions from ``length`` on, in every layer (parallel decoding cuts the
+        cache back to the accepted prefix). A ValueError if a layer keeps a state that
+        cannot forget positions (then :meth:`restore` a snapshot and feed again)."""
+        if length < self.length:
+            bad = [i for i, layer in enumerate(self.layers) if not layer.rewindable]
+            if bad:
+                keys = sorted(self.layers[bad[0]].state)
+                raise ValueError(f"layer {bad[0]} keeps a state {keys} that cannot forget positions (a recurrent "
+                                 "layer); restore a snapshot instead")
         for layer in self.layers:
             layer.truncate(length)
 
@@ -170,8 +225,8 @@ class DecodeCache:
     def restore(self, snap: tuple[int, list[dict]]) -> None:
         """Back to a :meth:`snapshot`: positions decoded since are forgotten."""
         length, states = snap
-        self.truncate(length)
         for layer, state in zip(self.layers, states):
+            layer.truncate(length)
             layer.state = dict(state)
 
     def run(self, blocks, x: Tensor, **kwargs) -> Tensor:
@@ -190,6 +245,32 @@ class DecodeCache:
 
 
 
+def gumbel_noise(batch: int, steps: int, vocab: int, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> Tensor:
+    """Pre-drawn noise for sampling ``steps`` tokens: ``(B, steps, V)`` standard Gumbel.
+
+    With it a sampled token is ``argmax(logits / T + noise)`` (the Gumbel-max trick: a draw
+    from ``softmax(logits / T)``), a deterministic function of the model's output, so
+    parallel decoding (Jacobi, lookahead) reproduces sequential sampling exactly.
+    """
+    u = torch.rand(batch, steps, vocab, generator=generator, device=device).clamp_(1e-20, 1.0)
+    return -torch.log(-torch.log(u).clamp_min(1e-20))
+
+
+def pick_tokens(logits: Tensor, temperature: float = 0.0, noise: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Next tokens from ``(..., V)`` logits: argmax (``temperature <= 0``), Gumbel-max with
+    pre-drawn ``noise`` of the same shape, or a multinomial draw from ``generator``.
+    Returns ``(...)`` ids."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(-1)
+    if noise is not None:
+        return (logits / temperature + noise).argmax(-1)
+    flat = (logits / temperature).softmax(-1).reshape(-1, logits.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
+
+
 @torch.no_grad()
 def generate_tokens(
     net,
@@ -199,6 +280,7 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     cache: bool = True,
     max_context: int | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Sample ``steps`` tokens after ``prompt`` from a causal token model.
 
@@ -213,20 +295,20 @@ def generate_tokens(
         temperature: softmax temperature; 0 is greedy (argmax).
         max_context: longest input the model takes (None: no limit). With the cache the
             prompt plus continuation must fit; without it the window slides.
+        noise: ``(B, steps, V)`` pre-drawn Gumbel noise (:func:`gumbel_noise`): sample by
+            Gumbel-max instead of drawing from ``generator`` (what parallel decoding matches).
     Returns:
         ``(B, L + steps)``.
     """
     x = prompt
 
-    def pick(logits: Tensor) -> Tensor:
-        if temperature <= 0:
-            return logits.argmax(-1, keepdim=True)
-        return torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)
+    def pick(logits: Tensor, i: int) -> Tensor:
+        return pick_tokens(logits, temperature, None if noise is None else noise[:, i], generator)[:, None]
 
     if not cache:
-        for _ in range(steps):
+        for i in range(steps):
             ctx = x if max_context is None else x[:, -max_context:]
-            x = torch.cat([x, pick(net(ctx)[:, -1].float())], dim=1)
+            x = torch.cat([x, pick(net(ctx)[:, -1], i)], dim=1)
         return x
     total = x.shape[1] + steps
     if max_context is not None and total > max_context:
@@ -236,8 +318,8 @@ def generate_tokens(
         )
     state = net.new_cache(x.shape[0], total)
     logits = net(x, cache=state)[:, -1]
-    for _ in range(steps):
-        nxt = pick(logits.float())
+    for i in range(steps):
+        nxt = pick(logits, i)
         x = torch.cat([x, nxt], dim=1)
         if x.shape[1] < total:
             logits = net(nxt, cache=state)[:, -1]
@@ -245,17 +327,117 @@ def generate_tokens(
 
 
 @torch.no_grad()
+def jacobi_decode(
+    step: Callable[[Tensor, int], Tensor],
+    first: Tensor,
+    steps: int,
+    cache: DecodeCache,
+    block: int | None = None,
+    rtol: float = 0.0,
+    guess: Tensor | float | int | None = None,
+) -> tuple[Tensor, dict[str, int]]:
+    """Jacobi iteration for any autoregressive decoder whose next value is a deterministic
+    function of the values before it (greedy tokens; samples with pre-drawn noise).
+
+    Santilli et al. 2023, "Accelerating Transformer Inference for Translation via Parallel
+    Decoding", Sec. 3: guess a block of future values, recompute them all in one forward
+    pass from the guesses, repeat. Value ``p`` is final once the values before it are:
+    after each pass the longest prefix whose inputs were final (or reproduced within
+    ``rtol``) is accepted, the cache is cut back to the accepted inputs
+    (:meth:`DecodeCache.truncate`; a cache that cannot forget positions is restored to
+    the pass's start and the accepted inputs fed again) and the block slides on. Every pass
+    accepts at least one value, so there are never more passes than positions; the fixed
+    point is what sequential decoding gives.
+
+    Args:
+        step: ``step(inputs (N, m), start) -> (N, m)``: feeds the values of positions
+            ``start .. start + m - 1`` through the cache (after what it holds) and returns the
+            values of positions ``start + 1 .. start + m``.
+        first: ``(N,)`` the value of position 0 (from the prefill: known).
+        steps: positions to decode (``first`` included).
+        cache: the decoder's cache, holding everything before position 0.
+        block: inputs fed per pass (None: all remaining).
+        rtol: relative (and absolute) tolerance for accepting a reproduced float value
+            (0: exact; tokens compare exactly).
+        guess: initial guess of the unknown positions (default: ``first``).
+    Returns:
+        ``(N, steps)`` values and counts ``passes`` (forward passes after the prefill) and
+        ``positions`` (``steps``).
+    """
+    y = first[:, None].repeat(1, steps)
+    if guess is not None:
+        y[:, 1:] = guess
+    base, rewind = cache.length, cache.rewindable
+    block = steps if block is None else max(1, int(block))
+    fed = done = passes = 0  # inputs the cache holds; positions final (0 .. done)
+    while done < steps - 1:
+        end = min(steps - 1, fed + block)  # feed inputs fed .. end - 1
+        snap = None if rewind else cache.snapshot()
+        new = step(y[:, fed:end], fed)  # (N, end - fed): positions fed + 1 .. end
+        passes += 1
+        old = y[:, fed + 1 : end + 1]
+        same = (old == new) if rtol <= 0 or not new.is_floating_point() else torch.isclose(old, new, rtol, rtol)
+        # Position done + 1 is final (its inputs were); each reproduced value after it
+        # makes the next one final too.
+        j = done + 1
+        while j < end and bool(same[:, j - fed - 1].all()):
+            j += 1
+        keep = y[:, : j].clone()  # inputs the accepted values were computed from
+        y[:, fed + 1 : end + 1] = new
+        y[:, : j] = keep
+        y[:, j] = new[:, j - fed - 1]
+        if j == end or rewind:  # keep the keys of inputs 0 .. j - 1, all accepted
+            cache.truncate(base + j)
+            fed = j
+        else:  # a recurrent state cannot forget positions: feed them again
+            cache.restore(snap)
+        done = j
+    return y, {"passes": passes, "positions": steps}
+
+
+DECODE_METHODS = ("sequential", "jacobi", "lookahead")
+
+
+def decode_values(
+    step: Callable[[Tensor, int], Tensor],
+    first: Tensor,
+    steps: int,
+    cache: DecodeCache,
+    decode: dict[str, Any] | None = None,
+) -> tuple[Tensor, dict[str, int]]:
+    """Decode ``steps`` positions of a deterministic autoregression (sample paths with
+    pre-drawn noise; greedy tokens) as ``decode`` says.
+
+    Args:
+        step, first, steps, cache: as for :func:`jacobi_decode`.
+        decode: the ``decode`` options (``conf/decode/<name>.yaml``): ``method``
+            ``sequential`` (one position per pass) or ``jacobi`` (with ``block``, ``rtol``);
+            None: sequential.
+    Returns:
+        ``(N, steps)`` and counts ``passes`` and ``positions``.
+    """
+    decode = dict(decode or {})
+    method = decode.get("method") or "sequential"
+    if method == "jacobi":
+        return jacobi_decode(step, first, steps, cache, block=decode.get("block"), rtol=float(decode.get("rtol") or 0.0))
+    if method != "sequential":
+        raise ValueError(f"decode.method={method!r} cannot decode these values; choose sequential or jacobi")
+    out = [first]
+    for h in range(1, steps):
+        out.append(step(out[-1][:, None], h - 1)[:, 0])
+    return torch.stack(out, 1), {"passes": steps - 1, "positions": steps}
+
+
+@torch.no_grad()
 def jacobi_tokens(net, prompt: Tensor, steps: int, block: int = 8, max_context: int | None = None,
-                  guess: int = 0) -> tuple[Tensor, dict[str, int]]:
-    """Greedy continuation by Jacobi iteration (Santilli et al. 2023, "Accelerating
-    Transformer Inference for Translation via Parallel Decoding", Sec. 3).
+                  guess: int = 0, temperature: float = 0.0, noise: Tensor | None = None) -> tuple[Tensor, dict[str, int]]:
+    """Greedy (or pre-drawn-noise sampled) continuation by Jacobi iteration
+    (:func:`jacobi_decode`; Santilli et al. 2023, Sec. 3).
 
     A block of ``block`` guessed tokens is fed in one forward pass over the cache; each
-    position's argmax becomes its next guess; the block is re-run until nothing changes.
-    The fixed point is exactly what sequential greedy decoding gives (position ``i`` is
-    final once positions ``< i`` are), so the output equals :func:`generate_tokens` with
-    ``temperature=0``; the gain is fewer passes when later guesses converge early. Between
-    iterations the cache forgets the block (:meth:`DecodeCache.restore`).
+    position's argmax becomes its next guess; the accepted prefix is kept and the block
+    slides on. The output equals :func:`generate_tokens` with ``temperature=0`` (or with
+    the same ``noise``); the gain is fewer passes when later guesses converge early.
 
     Args:
         net: as for :func:`generate_tokens`.
@@ -263,32 +445,192 @@ def jacobi_tokens(net, prompt: Tensor, steps: int, block: int = 8, max_context: 
         steps: tokens to add.
         block: guesses per pass.
         guess: the token the first guesses start from.
+        temperature, noise: sampling by Gumbel-max with ``(B, steps, V)`` pre-drawn noise
+            (:func:`gumbel_noise`); greedy when ``temperature <= 0``.
     Returns:
         ``(B, L + steps)`` and counts: ``passes`` (forward passes after the prompt) and
         ``tokens`` (``steps``).
     """
+    if temperature > 0 and noise is None:
+        raise ValueError("sampled Jacobi decoding needs pre-drawn noise (gumbel_noise)")
+    if steps <= 0:
+        return prompt, {"passes": 0, "tokens": 0}
     total = prompt.shape[1] + steps
     if max_context is not None and total > max_context:
         raise ValueError(f"prompt ({prompt.shape[1]}) + {steps} steps exceed the model's {max_context} positions")
     cache = net.new_cache(prompt.shape[0], total + block)
-    x = prompt
-    nxt = net(x, cache=cache)[:, -1:].float().argmax(-1)  # (B, 1): the next token is known
+
+    def pick(logits: Tensor, start: int) -> Tensor:  # (B, m, V) for positions start ..
+        return pick_tokens(logits, temperature, None if noise is None else noise[:, start : start + logits.shape[1]])
+
+    first = pick(net(prompt, cache=cache)[:, -1:], 0)[:, 0]  # the next token is known
+    out, counts = jacobi_decode(lambda x, start: pick(net(x, cache=cache), start + 1), first, steps, cache,
+                                block=block, guess=guess)
+    return torch.cat([prompt, out], 1), {"passes": counts["passes"], "tokens": steps}
+
+
+@torch.no_grad()
+def lookahead_tokens(net, prompt: Tensor, steps: int, window: int = 8, ngram: int = 4, pool: int = 8,
+                     max_context: int | None = None, temperature: float = 0.0, noise: Tensor | None = None,
+                     pool_text: bool = True) -> tuple[Tensor, dict[str, int]]:
+    """Greedy (or pre-drawn-noise sampled) continuation by lookahead decoding (Fu et al.
+    2024, "Break the Sequential Dependency of LLM Inference Using Lookahead Decoding",
+    Sec. 3).
+
+    Each forward pass runs two branches over the cached accepted text:
+
+    - the lookahead branch: a Jacobi iteration over the next ``window`` positions; its
+      trajectory (the last ``ngram - 1`` iterations) yields n-grams along the diagonals,
+      each token predicted right after the one before it (the paper's 2-D window);
+    - the verification branch: up to ``pool`` n-grams from the pool that start with the
+      last accepted token, checked against the model's own choices.
+
+    The longest verified run (or the Jacobi guesses' own, or just the one certain next
+    token) is accepted, so the output equals sequential decoding token for token.
+
+    The branches are rows of one batched pass that share the accepted text in the cache
+    (its shared-prefix paths, :class:`KVCache` with ``repeat = 1 + pool``): the same
+    attention as the paper's mask over [prefix | lookahead | candidates] in which each
+    branch sees the prefix and itself causally, served by every attention layer with its
+    own pattern and positions. The cache is then cut back to the accepted text.
+    ``pool_text`` also collects n-grams of the prompt and accepted text (repetitions, as
+    prompt-lookup decoding does), beside the trajectory's.
+
+    Args:
+        net: as for :func:`generate_tokens`; its cache must be able to forget positions
+            (:attr:`DecodeCache.rewindable`: not a recurrent layer such as RWKV).
+        prompt: ``(B, L)``; each row is decoded on its own.
+        window: Jacobi positions of the lookahead branch (``W``).
+        ngram: n-gram size ``N`` (candidates verify ``N - 1`` tokens after the last one).
+        pool: candidates verified per pass (``G``), and n-grams kept per first token.
+        temperature, noise: as for :func:`jacobi_tokens`.
+    Returns:
+        ``(B, L + steps)`` and counts ``passes`` (after the prompt) and ``tokens``.
+    """
+    if window < 1 or ngram < 2 or pool < 0:
+        raise ValueError(f"lookahead needs window >= 1, ngram >= 2 and pool >= 0 (got {window}, {ngram}, {pool})")
+    if temperature > 0 and noise is None:
+        raise ValueError("sampled lookahead decoding needs pre-drawn noise (gumbel_noise)")
+    total = prompt.shape[1] + steps
+    if max_context is not None and total > max_context:
+        raise ValueError(f"prompt ({prompt.shape[1]}) + {steps} steps exceed the model's {max_context} positions")
+    rows, passes = [], 0
+    for b in range(prompt.shape[0]):
+        nz = None if noise is None else noise[b : b + 1]
+        out, n = _lookahead_one(net, prompt[b : b + 1], steps, window, ngram, pool, temperature, nz, pool_text)
+        rows.append(out)
+        passes += n
+    return torch.cat(rows, 0), {"passes": passes, "tokens": steps * prompt.shape[0]}
+
+
+def _lookahead_one(net, prompt: Tensor, steps: int, W: int, N: int, G: int, temperature: float,
+                   noise: Tensor | None, pool_text: bool) -> tuple[Tensor, int]:
+    """:func:`lookahead_tokens` for one prompt ``(1, L)``: the row and its passes."""
+    if steps <= 0:
+        return prompt, 0
+    width = max(W, N - 1)
+    R = 1 + G
+    cache = net.new_cache(1, prompt.shape[1] + steps + 2 * width + 2, repeat=R)
+
+    def pick(logits: Tensor, start: int) -> Tensor:  # (r, m, V) for continuation positions start ..
+        if noise is None or temperature <= 0:
+            return pick_tokens(logits, temperature)
+        nz = noise[:, start : start + logits.shape[1]]
+        if nz.shape[1] < logits.shape[1]:  # positions past the end: any choice will do
+            nz = torch.cat([nz, nz.new_zeros(1, logits.shape[1] - nz.shape[1], nz.shape[-1])], 1)
+        return pick_tokens(logits, temperature, nz)
+
+    logits = net(prompt, cache=cache)[:, -1:]
+    if not cache.rewindable:
+        raise ValueError("lookahead decoding cuts the cache back to the accepted text; this network's cache "
+                         f"keeps a state that cannot forget positions ({sorted(cache.layers[0].state)})")
+    out = pick(logits, 0)[0].tolist()  # continuation tokens accepted so far
+    text = prompt[0].tolist()
+    ngrams: dict[int, list[tuple[int, ...]]] = {}
+
+    def remember(key: int, rest: tuple[int, ...]) -> None:
+        lst = ngrams.setdefault(key, [])
+        if rest in lst:
+            lst.remove(rest)
+        lst.insert(0, rest)  # most recent first
+        del lst[G:]
+
+    if pool_text:
+        for i in range(max(0, len(text) - 4 * W * N), len(text) - 1):
+            rest = tuple(text[i + 1 : i + N] + out[: max(0, i + N - len(text))])
+            if len(rest) == N - 1:
+                remember(text[i], rest)
+    # Jacobi state: guesses for continuation positions len(out) .. len(out) + W - 1, seeded
+    # from the prompt's last characters (any guess converges to the same text).
+    seed = text[-W:] if len(text) >= W else (text * W)[:W]
+    jac = list(seed)
+    levels: list[tuple[int, list[int], list[int]]] = []  # (first position, inputs, outputs) per pass
+    uncached = list(out)  # accepted tokens whose keys the cache does not hold yet
+    dev = prompt.device
     passes = 0
-    while x.shape[1] < total:
-        m = min(block, total - x.shape[1])
-        guesses = torch.cat([nxt, torch.full((x.shape[0], m - 1), guess, dtype=x.dtype, device=x.device)], 1)
-        snap = cache.snapshot()
-        while True:
-            logits = net(guesses, cache=cache).float()  # (B, m, V): the token after each guess
-            passes += 1
-            new = torch.cat([nxt, logits[:, :-1].argmax(-1)], 1)
-            if torch.equal(new, guesses):
-                break
-            guesses = new
-            cache.restore(snap)
-        x = torch.cat([x, guesses], 1)
-        nxt = logits[:, -1:].argmax(-1)
-    return x[:, :total], {"passes": passes, "tokens": steps}
+    while len(out) < steps:
+        base = len(out)  # continuation position of the first guess
+        cands = ngrams.get(out[-1], [])[:G]
+        u = len(uncached)
+        batch = [uncached + jac[:width] + [jac[-1]] * (width - len(jac[:width]))]
+        for c in cands:
+            batch.append(uncached + list(c) + [c[-1]] * (width - len(c)))
+        batch += [batch[0]] * (R - len(batch))
+        x = torch.tensor(batch, dtype=prompt.dtype, device=dev)  # (R, u + width)
+        length = cache.length
+        logits = net(x, cache=cache)
+        passes += 1
+        # pred[r, i]: the token at continuation position base - u + i + 1 after row r's first i + 1 tokens
+        pred = pick(logits[:, u - 1 :], base).tolist()
+        best, best_row = 0, 0
+        for r in range(1 + len(cands)):
+            guess = batch[r][u:]
+            m = 0
+            while m < len(guess) and base + m < steps and guess[m] == pred[r][m]:
+                m += 1
+            if m > best:
+                best, best_row = m, r
+        new = batch[best_row][u : u + best] + [pred[best_row][best]]
+        new = new[: steps - base]
+        # The lookahead branch's trajectory: inputs jac at base .., outputs after each.
+        levels.append((base, list(jac[:W]), pred[0][1 : W + 1]))
+        del levels[: -(N - 1)]
+        if len(levels) == N - 1:
+            for p in range(levels[0][0], levels[0][0] + W):
+                gram = _diagonal(levels, p, N)
+                if gram is not None:
+                    remember(gram[0], tuple(gram[1:]))
+        out += new
+        cache.truncate(length + u)  # keep the accepted tokens fed this pass
+        uncached = list(new)
+        if pool_text:
+            full = text + out
+            for i in range(max(0, len(full) - len(new) - N), len(full) - N + 1):
+                remember(full[i], tuple(full[i + 1 : i + N]))
+        # Slide the Jacobi window past the accepted tokens (Jacobi update of the rest).
+        jac = pred[0][len(new) : len(new) + W]  # pred[0][k]: the guess for position base + k
+        jac = (jac + [jac[-1] if jac else out[-1]] * W)[:W]
+    return torch.cat([prompt, torch.tensor([out[:steps]], dtype=prompt.dtype, device=dev)], 1), passes
 
 
-__all__ = ["DecodeCache", "KVCache", "generate_tokens", "jacobi_tokens"]
+def _diagonal(levels: list[tuple[int, list[int], list[int]]], p: int, N: int) -> list[int] | None:
+    """The n-gram along the Jacobi trajectory's diagonal from position ``p``: the oldest
+    level's input at ``p``, then each later level's output one position further (each token
+    predicted right after the one before it); None where the window does not reach."""
+    start, inputs, _ = levels[0]
+    if not 0 <= p - start < len(inputs):
+        return None
+    gram = [inputs[p - start]]
+    for lvl, (s, _, outs) in enumerate(levels):
+        q = p + lvl + 1 - s - 1  # outs[i] is the prediction for position s + 1 + i
+        if not 0 <= q < len(outs):
+            return None
+        gram.append(outs[q])
+    if len(gram) < N:
+        return None
+    return gram[:N]
+
+
+__all__ = ["DECODE_METHODS", "DecodeCache", "InputTail", "KVCache", "decode_values", "generate_tokens", "gumbel_noise",
+           "jacobi_decode",
+           "jacobi_tokens", "lookahead_tokens", "pick_tokens"]

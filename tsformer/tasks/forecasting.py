@@ -30,13 +30,20 @@ def forecast_batch(
     num_samples: int,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    decode: dict | None = None,
 ) -> Tensor:
     """Sample paths of a forecast-window batch on the original scale: ``(B, S, H)``.
 
     With ``seed`` (and windows that carry their ``start``), draws come from per-window
-    generators (:func:`window_noise`); otherwise from ``generator``.
+    generators (:func:`window_noise`); otherwise from ``generator``. ``decode``: the
+    decoding options (``conf/decode``; :func:`tsformer.nn.decoding.decode_values`); with
+    ``method=jacobi`` the noise of every path and step is drawn up front and all horizon
+    steps are updated per forward pass, reaching the paths sequential sampling gives with
+    that noise.
     """
     kw = {"static": batch["static"]} if "static" in batch else {}
+    if decode and decode.get("method", "sequential") != "sequential":
+        kw["decode"] = decode
     if seed is not None and "start" in batch:
         horizon = batch["covariates"].shape[1] - batch["inputs"].shape[1] + 1
         kw["noise"] = window_noise(batch, num_samples, horizon, seed)

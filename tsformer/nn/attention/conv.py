@@ -45,11 +45,12 @@ class ConvSelfAttention(AttentionLayer):
         """``x``: ``(B, L, d_model)`` -> ``(B, L, d_model)``.
 
         With a cache, ``x`` holds the next positions and the convolution continues from the
-        cached last inputs (``cache.state["tail"]``, ``(B R, d_model, k - 1)``).
+        cached last inputs (``cache.state["tail"]``, an :class:`~tsformer.nn.decoding.InputTail`).
         """
         B, L, C = x.shape
         xt = x.transpose(1, 2)  # (B, C, L)
-        tail = None if cache is None else cache.state.get("tail")
+        k1 = self.kernel_size - 1
+        tail = None if cache is None else cache.recent_inputs("tail", k1)
         # Left context keeps the convolution causal: position t sees t-k+1 .. t.
         xc = F.pad(xt, (self.kernel_size - 1, 0)) if tail is None else torch.cat([tail, xt], dim=-1)
         if L == 1 and tail is not None:
@@ -60,8 +61,9 @@ class ConvSelfAttention(AttentionLayer):
         q, k = (t.reshape(B, self.n_heads, self.head_dim, L).transpose(-1, -2) for t in qk.chunk(2, dim=1))
         v = self.heads(self.v(x))
         if cache is not None:
-            keep = xc[:, :, xc.shape[-1] - (self.kernel_size - 1) :]
-            # After the prefill every path continues from its element's context.
-            cache.state["tail"] = keep.repeat_interleave(cache.repeat, 0) if tail is None else keep
+            # After the prefill every path continues from its element's context; a step
+            # keeps all its inputs, so that a truncated cache (parallel decoding) rewinds.
+            keep = xc[:, :, xc.shape[-1] - k1 :].repeat_interleave(cache.repeat, 0) if tail is None else xc
+            cache.keep_inputs("tail", keep, L)
         o = self.attend(q, k, v, lengths, cache, global_idx)
         return self.drop(self.out(self.merge(o)))
