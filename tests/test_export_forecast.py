@@ -169,3 +169,19 @@ def test_killed_process_leaves_no_forecast_file(trained, tmp_path):
     p.kill()
     p.wait()
     assert not out.exists()
+
+
+def test_forecast_decode_jacobi_equals_sequential_sampling_with_the_same_noise(trained, tmp_path):
+    """decode=jacobi draws every path's noise up front; decode.block=1 is sequential sampling
+    with that noise, so the two agree to 1e-5 relative (#18)."""
+    tmp, data, run, _, _ = trained
+    model = tmp / "model_dec.tsf"
+    export(run, model)
+    common = [f"model={model}", f"input={data}", "progress=false", "seed=4", "decode=jacobi"]
+    assert main([*common, f"output={tmp_path / 'j.csv'}"]) == 0
+    assert main([*common, f"output={tmp_path / 's.csv'}", "decode.block=1"]) == 0
+    jac, seq = pd.read_csv(tmp_path / "j.csv"), pd.read_csv(tmp_path / "s.csv")
+    cols = ["mean", "0.1", "0.5", "0.9"]
+    np.testing.assert_allclose(jac[cols].to_numpy(), seq[cols].to_numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(SystemExit, match="forecasts decode sequential or jacobi"):
+        forecast(model=str(model), input=str(data), output=str(tmp_path / "l.csv"), decode="lookahead")
