@@ -7,7 +7,9 @@ Every series of ``input`` (same columns as the training CSV) is forecast from it
 observed target value, for the trained horizon or a shorter one. Output, long format:
 ``series,time,mean,0.1,0.5,0.9``. It is written to a temporary file and renamed, so a
 killed run never leaves half a forecast file. Known covariates need ``horizon`` future
-rows (empty target) in the input.
+rows (empty target) in the input. ``decode=jacobi`` (``conf/decode/jacobi.yaml``) draws
+every path's noise up front and updates all horizon steps per forward pass (Jacobi
+iteration), reaching the paths sequential sampling gives with that noise.
 """
 
 from __future__ import annotations
