@@ -58,7 +58,7 @@ def test_glu_shapes_and_parameters_as_configured(d, d_ff):
     assert ff.wo.weight.shape == (d, h) and ff.wo.bias.shape == (d,)
     assert n_params(ff) == 3 * d * h + 2 * h + d
     assert ff(torch.randn(2, 5, d)).shape == (2, 5, d) and ff(torch.randn(7, d)).shape == (7, d)  # packed rows too
-    kw = dict(d_model=d, n_heads=4, n_layers=2, d_ff=d_ff, window=[8], max_tokens=64)
+    kw = dict(d_model=d, n_heads=4, n_layers=2, d_ff=d_ff, window=8, max_tokens=64)
     enc_mlp, enc_glu = LongformerEncoder(50, **kw), LongformerEncoder(50, ffn="glu", **kw)
     assert abs(n_params(enc_glu) - n_params(enc_mlp)) / n_params(enc_mlp) < 0.01
     assert isinstance(enc_glu.layers[1].ff[0], GLUFeedForward)
