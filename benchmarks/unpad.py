@@ -17,7 +17,6 @@ Dropout is off so that the two runs compute the same function. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import append_json, publish  # noqa: E402
 from tsformer.data.samplers import BucketBatchSampler  # noqa: E402
 from tsformer.data.text.classification import TextClassificationDataModule, collate_docs  # noqa: E402
 
@@ -129,12 +129,7 @@ def main() -> None:
              "batch": args.batch, "max_tokens": args.max_tokens, "overrides": args.override,
              "mean_tokens": float(lengths.mean()), "settings": settings,
              "seconds": round(time.perf_counter() - start, 1)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(out.read_text()) if out.exists() else []
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(old + [entry], indent=2))
-    os.replace(tmp, out)
+    append_json(args.out, entry)
 
     lines = [f"\n### unpad: model=longformer_mlm training tokens/s with and without model.unpad "
              f"({'--quick, ' if args.quick else ''}{stamp}, {device}, {platform.node()}; {Path(args.data).name}, "
@@ -145,11 +140,7 @@ def main() -> None:
     for s in settings:
         lines.append(f"| {'on' if s['bucketing'] else 'off'} | {s['padded_share']:.1%} | {s['padded_tokens_per_s']:.0f} | "
                      f"{s['unpad_tokens_per_s']:.0f} | {s['speedup']:.2f}x | {s['max_loss_diff']:.1e} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_append:
-        with open(ROOT / "benchmarks/RESULTS.md", "a") as f:
-            f.write(text)
+    publish("\n".join(lines) + "\n", append=not args.no_append)
 
 
 if __name__ == "__main__":
