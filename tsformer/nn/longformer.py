@@ -24,7 +24,7 @@ from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.attention.base import rename_keys
 from tsformer.nn.blocks import make_ffn
 from tsformer.nn.decoding import DecodeCache, KVCache
-from tsformer.nn.precision import FP32LayerNorm
+from tsformer.nn.precision import AUTOCAST, FP32LayerNorm
 from tsformer.nn.precision import autocast as autocast_context
 from tsformer.nn.unpad import Packing
 
@@ -124,8 +124,9 @@ class LongformerEncoder(nn.Module):
         if unpad and ffn == "rwkv":
             raise ValueError("model.unpad cannot take model.ffn=rwkv: its token shift reads the previous "
                              "position of the padded layout, which packing removes")
+        if autocast not in AUTOCAST:
+            raise ValueError(f"model.autocast={autocast!r}; choose one of {AUTOCAST}")
         self.unpad, self.autocast = bool(unpad), autocast
-        autocast_context(autocast, torch.device("cpu"))  # a bad value fails at construction
         attention = {"positions": positions, **dict(attention or {})}
         self.positions = attention["positions"] = attention.pop("pos", attention["positions"])
         self.max_tokens, self.truncate = int(max_tokens), truncate
