@@ -130,8 +130,9 @@ def main() -> None:
                      f"{r['mlm/steps']} | {r['mlm/seconds']:.0f} | {r['hyperpartisan/test/accuracy']:.4f} | "
                      f"{r['hyperpartisan/test/f1']:.4f} | {r['imdb/test/accuracy']:.4f} | {r['imdb/test/f1']:.4f} | "
                      f"{r['hyperpartisan/train/seconds']:.0f} + {r['imdb/train/seconds']:.0f} |")
+    budget = "20 MLM steps of 8 reviews, 10 fine-tuning steps" if args.quick else "the tasks' default budgets"
     lines.append("\nParameters at a vocabulary of 8,000 and data.max_tokens=1024 (the MLM stage); both pretrain with "
-                 "the same steps and batches; the classifiers keep the tasks' default budgets.")
+                 f"the same steps and batches; budgets: {budget}.")
     publish("\n".join(lines) + "\n", append=not args.no_append)
 
 
