@@ -43,3 +43,22 @@ def test_networks_take_the_glu_and_keep_the_mlp_layout():
     assert lm(torch.randint(0, 10, (1, 7))).shape == (1, 7, 10)
     with pytest.raises(ValueError, match="model.ffn='swish'"):
         make_ffn("swish", 16, 32, 0.0)
+
+
+@pytest.mark.parametrize(("d", "d_ff"), [(16, 32), (128, 512)])
+def test_glu_shapes_and_parameters_as_configured(d, d_ff):
+    """model.ffn=glu: gate and value ``d -> h`` in one matrix, ``h -> d`` out, ``h = glu_width``;
+    an encoder with it has the MLP encoder's parameter count (within 1%)."""
+    from tsformer.nn.longformer import LongformerEncoder
+
+    ff = make_ffn("glu", d, d_ff, 0.0, inner_dropout=False)[0]
+    h = glu_width(d, d_ff)
+    assert ff.hidden == h
+    assert ff.wi.weight.shape == (2 * h, d) and ff.wi.bias.shape == (2 * h,)
+    assert ff.wo.weight.shape == (d, h) and ff.wo.bias.shape == (d,)
+    assert n_params(ff) == 3 * d * h + 2 * h + d
+    assert ff(torch.randn(2, 5, d)).shape == (2, 5, d) and ff(torch.randn(7, d)).shape == (7, d)  # packed rows too
+    kw = dict(d_model=d, n_heads=4, n_layers=2, d_ff=d_ff, window=8, max_tokens=64)
+    enc_mlp, enc_glu = LongformerEncoder(50, **kw), LongformerEncoder(50, ffn="glu", **kw)
+    assert abs(n_params(enc_glu) - n_params(enc_mlp)) / n_params(enc_mlp) < 0.01
+    assert isinstance(enc_glu.layers[1].ff[0], GLUFeedForward)

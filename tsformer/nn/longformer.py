@@ -24,6 +24,9 @@ from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.attention.base import rename_keys
 from tsformer.nn.blocks import make_ffn
 from tsformer.nn.decoding import DecodeCache, KVCache
+from tsformer.nn.precision import AUTOCAST, FP32LayerNorm
+from tsformer.nn.precision import autocast as autocast_context
+from tsformer.nn.unpad import Packing
 
 
 def _per_layer(value: int | Sequence[int], n_layers: int, name: str) -> list[int]:
@@ -59,22 +62,25 @@ class LongformerLayer(nn.Module):
     def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp",
                  layer: int = 0, n_layers: int = 1):
         super().__init__()
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = FP32LayerNorm(d_model)
         self.attn = attn
         self.ff = make_ffn(ffn, d_model, d_ff, dropout, inner_dropout=False, layer=layer, n_layers=n_layers)
         if self.ff is not None:
-            self.norm2 = nn.LayerNorm(d_model)
+            self.norm2 = FP32LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         # The output projection moved into the attention layer.
         self._register_load_state_dict_pre_hook(rename_keys({"out.": "attn.out."}))
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
-                cache: KVCache | None = None, memory: Tensor | None = None) -> Tensor:
+                cache: KVCache | None = None, memory: Tensor | None = None, packing: Packing | None = None) -> Tensor:
         """``memory``: this layer's input hidden states of earlier segments (Transformer-XL),
-        normalised here like the segment's."""
+        normalised here like the segment's. ``packing``: ``x`` is ``(T, E)``, the packed real
+        tokens (``model.unpad``); attention re-pads them (:meth:`AttentionLayer.forward_packed`)."""
         mem = None if memory is None else self.norm1(memory)
         kw = {} if mem is None else {"memory": mem}
-        x = x + self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache, **kw))
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, lengths, global_idx, cache=cache, **kw) if packing is None
+                          else self.attn.forward_packed(h, packing, global_idx))
         if self.ff is None:
             return x
         h = self.norm2(x)
@@ -99,14 +105,28 @@ class LongformerEncoder(nn.Module):
         truncate: keep only the first ``truncate`` tokens (None: all).
         dropout: residual and embedding dropout.
         ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        unpad: run embeddings, projections, feed-forward and norms on the real tokens of a
+            padded batch only, packed (MosaicBERT, Portes et al. 2023; :mod:`tsformer.nn.unpad`);
+            attention still sees each document's own tokens. Bidirectional encoders only.
+        autocast: ``bf16``: run under bf16 autocast where the device has native bf16
+            (:func:`tsformer.nn.precision.bf16_available`); LayerNorm statistics stay fp32.
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_heads: int = 4, n_layers: int = 2, d_ff: int = 256,
                  window: int | Sequence[int] = 256, dilation: int | Sequence[int] = 1, dilated_heads: int = 0,
                  max_tokens: int = 4096, positions: str = "learned", one_sided: bool = False,
                  attention: dict | None = None, truncate: int | None = None, dropout: float = 0.1,
-                 ffn: str = "mlp"):
+                 ffn: str = "mlp", unpad: bool = False, autocast: str | None = None):
         super().__init__()
+        if unpad and one_sided:
+            raise ValueError("model.unpad needs a bidirectional encoder on padded batches; the character LM "
+                             "(LongformerCharLM) reads unpadded windows and decodes through a cache")
+        if unpad and ffn == "rwkv":
+            raise ValueError("model.unpad cannot take model.ffn=rwkv: its token shift reads the previous "
+                             "position of the padded layout, which packing removes")
+        if autocast not in AUTOCAST:
+            raise ValueError(f"model.autocast={autocast!r}; choose one of {AUTOCAST}")
+        self.unpad, self.autocast = bool(unpad), autocast
         attention = {"positions": positions, **dict(attention or {})}
         self.positions = attention["positions"] = attention.pop("pos", attention["positions"])
         self.max_tokens, self.truncate = int(max_tokens), truncate
@@ -124,7 +144,7 @@ class LongformerEncoder(nn.Module):
                 max_len=self.max_tokens, layer=i, n_layers=n_layers), dropout, ffn, i, n_layers)
             for i, (w, r) in enumerate(zip(windows, dilations))
         )
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = FP32LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         nn.init.normal_(self.embed.weight, std=0.02)
         if self.pos is not None:
@@ -139,8 +159,13 @@ class LongformerEncoder(nn.Module):
             cache: incremental decoding (causal encoders): the first call fills it, later
                 calls continue at position ``cache.length``.
         Returns:
-            ``(B, L', E)`` with ``L' = min(L, truncate)``.
+            ``(B, L', E)`` with ``L' = min(L, truncate)`` (zeros at the padding with ``unpad``).
         """
+        with autocast_context(self.autocast, tokens.device):
+            return self._forward(tokens, lengths, global_idx, cache)
+
+    def _forward(self, tokens: Tensor, lengths: Tensor | None, global_idx: Sequence[int],
+                 cache: DecodeCache | None) -> Tensor:
         if self.truncate is not None and tokens.shape[1] > self.truncate:
             tokens = tokens[:, : self.truncate]
         if lengths is not None:
@@ -150,6 +175,8 @@ class LongformerEncoder(nn.Module):
         # A learned table ends at max_tokens; relative positions only limit one full pass.
         if start + L > self.max_tokens and (self.pos is not None or cache is None):
             raise ValueError(f"input of {start + L} tokens is longer than max_tokens={self.max_tokens}")
+        if self.unpad and lengths is not None and cache is None:
+            return self._forward_packed(tokens, Packing.from_lengths(lengths, L), global_idx)
         x = self.embed(tokens)
         if self.pos is not None:
             x = x + self.pos.weight[start : start + L]
@@ -159,6 +186,17 @@ class LongformerEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, lengths, global_idx)
         return self.norm(x)
+
+    def _forward_packed(self, tokens: Tensor, packing: Packing, global_idx: Sequence[int]) -> Tensor:
+        """MosaicBERT's unpadded encoder: ``(T, E)`` packed rows from the embeddings to the
+        final norm, padded once at the end."""
+        x = self.embed(packing.unpad(tokens))
+        if self.pos is not None:
+            x = x + self.pos(packing.positions())
+        x = self.drop(x)
+        for layer in self.layers:
+            x = layer(x, global_idx=global_idx, packing=packing)
+        return packing.pad(self.norm(x))
 
 
 class LongformerClassifier(nn.Module):
@@ -336,3 +374,26 @@ def bits_per_char(logits: Tensor, targets: Tensor, weight: Tensor | None = None)
     nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     w = torch.ones_like(nll) if weight is None else weight.flatten().to(nll.dtype)
     return (nll * w).sum() / w.sum().clamp_min(1) / math.log(2)
+
+
+def mosaicbert(task: str, vocab_size: int, num_classes: int | None = None, mask_prob: float = 0.3,
+               global_tokens: Sequence[int] = (0,), pooling: str = "mean", token_dropout: float = 0.0,
+               **encoder) -> nn.Module:
+    """MosaicBERT's recipe (Portes et al. 2023, "MosaicBERT: A Bidirectional Encoder Optimized
+    for Fast Pretraining", NeurIPS, Sec. 2) on the Longformer encoder, as the network of the
+    task in hand (``model=mosaicbert``): ALiBi, a GLU feed-forward, unpadding, 30% masking
+    and bf16 autocast come from ``conf/model/mosaicbert.yaml``.
+
+    Args:
+        task: ``task_name``: ``mlm`` builds :class:`LongformerMaskedLM` (masking ``mask_prob``
+            of the real tokens); any other task a :class:`LongformerClassifier` (with
+            ``num_classes``, ``global_tokens``, ``pooling``, ``token_dropout``). Both keep the
+            encoder under ``encoder.``, so a pretraining checkpoint starts the classifier.
+        **encoder: :class:`LongformerEncoder` arguments (``dropout`` included).
+    """
+    if task == "mlm":
+        return LongformerMaskedLM(vocab_size, mask_prob=mask_prob, **encoder)
+    if num_classes is None:
+        raise ValueError(f"model=mosaicbert for task {task!r} builds a classifier and needs num_classes")
+    return LongformerClassifier(vocab_size, num_classes, global_tokens, pooling=pooling, token_dropout=token_dropout,
+                                **encoder)

@@ -28,6 +28,7 @@ from tsformer.attention.split import split_attention
 from tsformer.nn.attention.parts import AdaptiveSpan, PersistentMemory
 from tsformer.nn.attention.positions import POSITIONS, make_positions
 from tsformer.nn.decoding import KVCache
+from tsformer.nn.unpad import Packing
 
 
 @dataclass
@@ -141,6 +142,17 @@ class AttentionLayer(nn.Module):
             if spec.pattern not in ("full", "causal", "window"):
                 raise ValueError(f"model.attention.span needs pattern full, causal or window, not {spec.pattern!r}")
             self.span = AdaptiveSpan.from_config(spec.span, n_heads, causal=self.pattern.causal)
+
+    def forward_packed(self, x: Tensor, packing: Packing, global_idx: Sequence[int] = ()) -> Tensor:
+        """Attention over the packed real tokens of a padded batch (``model.unpad``, MosaicBERT's
+        unpadding, Portes et al. 2023): ``(T, E)`` -> ``(T, E)``.
+
+        This default puts the tokens back into the padded layout, runs :meth:`forward` with
+        the lengths and packs the output again: right for every layer whose real positions
+        ignore the padding. Layers with per-token projections override it to run those on
+        the ``T`` real tokens only and re-pad just for the attention kernel.
+        """
+        return packing.unpad(self(packing.pad(x), packing.lengths, global_idx))
 
     def heads(self, t: Tensor) -> Tensor:
         """``(B, L, H D)`` -> ``(B, H, L, D)``."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tsformer.attention import Full, Pattern, SlidingWindow, global_rows
 from tsformer.nn.attention.base import AttentionLayer, AttentionSpec
 from tsformer.nn.decoding import KVCache
+from tsformer.nn.unpad import Packing
 
 
 class LongformerSelfAttention(AttentionLayer):
@@ -91,27 +92,49 @@ class LongformerSelfAttention(AttentionLayer):
         Returns:
             ``(B, L, E)`` concatenated head outputs, before the output projection.
         """
-        B, L, E = x.shape
-        gidx = sorted({int(i) for i in global_idx if 0 <= int(i) < L}) if self.has_global else []
+        L = x.shape[1]
+        gidx = self._global_positions(global_idx, L)
         if memory is not None:
             if gidx:
                 raise ValueError("global tokens cannot be combined with a segment memory")
             x = torch.cat([memory.to(x.dtype), x], dim=1)
-        names = ["query", "key", "value"] + (["key_global", "value_global"] if gidx else [])
-        # One packed matmul for all full-length projections: fewer passes over x.
-        w = torch.cat([getattr(self, n).weight for n in names])
-        b = torch.cat([getattr(self, n).bias for n in names])
-        proj = F.linear(x, w, b).split(E, dim=-1)
-        q, k, v = (self.heads(t) for t in proj[:3])
-        q = q[:, :, -L:]  # queries of the segment only (keys also cover the memory)
         if cache is not None and gidx:
             raise ValueError("global tokens have no incremental decoding (they see every later position)")
+        # One packed matmul for all full-length projections: fewer passes over x.
+        proj = F.linear(x, *self._projection(gidx))
+        xg = x[:, gidx] if gidx else None  # no memory with global tokens
+        return self.merge(self._context(proj, L, lengths, gidx, cache, xg))
+
+    def forward_packed(self, x: Tensor, packing: Packing, global_idx: Sequence[int] = ()) -> Tensor:
+        """``(T, E)`` packed real tokens -> ``(T, E)``: every projection runs on the real
+        tokens (the global query on the global rows); only the kernel sees the padded layout."""
+        gidx = self._global_positions(global_idx, packing.length)
+        proj = packing.pad(F.linear(x, *self._projection(gidx)))
+        xg = packing.rows(x, gidx) if gidx else None
+        return self.out(packing.unpad(self.merge(self._context(proj, packing.length, packing.lengths, gidx, None, xg))))
+
+    def _global_positions(self, global_idx: Sequence[int], L: int) -> list[int]:
+        return sorted({int(i) for i in global_idx if 0 <= int(i) < L}) if self.has_global else []
+
+    def _projection(self, gidx: list[int]) -> tuple[Tensor, Tensor]:
+        """Weight and bias of query, key, value (and the global key and value) in one."""
+        names = ["query", "key", "value"] + (["key_global", "value_global"] if gidx else [])
+        return (torch.cat([getattr(self, n).weight for n in names]), torch.cat([getattr(self, n).bias for n in names]))
+
+    def _context(self, proj: Tensor, L: int, lengths: Tensor | None, gidx: list[int], cache: KVCache | None,
+                xg: Tensor | None) -> Tensor:
+        """``(B, M + L, 3 E | 5 E)`` projections (``M`` memory positions first) and ``xg``
+        ``(B, G, E)``, the inputs at the global rows -> ``(B, H, L, D)``."""
+        E = self.d_model
+        parts = proj.split(E, dim=-1)
+        q, k, v = (self.heads(t) for t in parts[:3])
+        q = q[:, :, -L:]  # queries of the segment only (keys also cover the memory)
         out = self.attend(q, k, v, lengths, cache, gidx, self._patterns())
         if gidx:  # rows of global tokens: their own projections, all valid keys
-            sel = torch.tensor(gidx, device=x.device)
+            sel = torch.tensor(gidx, device=proj.device)
             # The global query is only needed at the global rows.
-            qg = x.new_zeros(B, L, E).index_copy(1, sel, self.query_global(x.index_select(1, sel)))
+            qg = proj.new_zeros(proj.shape[0], L, E).index_copy(1, sel, self.query_global(xg))
             # Global rows score content only (rotary positions rotate them; score biases do not apply).
-            qg, kg = self.positions.rotate(self.heads(qg)), self.positions.rotate(self.heads(proj[3]))
-            out = global_rows(out, qg, kg, self.heads(proj[4]), gidx, lengths)
-        return self.merge(out)
+            qg, kg = self.positions.rotate(self.heads(qg)), self.positions.rotate(self.heads(parts[3]))
+            out = global_rows(out, qg, kg, self.heads(parts[4]), gidx, lengths)
+        return out

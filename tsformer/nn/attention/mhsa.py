@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from tsformer.nn.attention.base import AttentionLayer, AttentionSpec, rename_keys
 from tsformer.nn.decoding import KVCache
+from tsformer.nn.unpad import Packing
 
 
 class MultiHeadSelfAttention(AttentionLayer):
@@ -38,7 +39,18 @@ class MultiHeadSelfAttention(AttentionLayer):
         ``memory``: ``(B, M, d_model)`` earlier hidden states (detached by the caller) whose
         keys and values come before the segment's (Transformer-XL, Dai et al. 2019, Eq. 1).
         """
-        B, L, _ = x.shape
+        L = x.shape[1]
         h = x if memory is None else torch.cat([memory.to(x.dtype), x], dim=1)
-        q, k, v = self.qkv(h).view(B, h.shape[1], 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self._split(self.qkv(h))
         return self.out(self.merge(self.attend(q[:, :, -L:], k, v, lengths, cache, global_idx)))
+
+    def forward_packed(self, x: Tensor, packing: Packing, global_idx: Sequence[int] = ()) -> Tensor:
+        """``(T, d_model)`` packed real tokens -> ``(T, d_model)``: the q/k/v and output
+        projections run on the real tokens; only the kernel sees the padded layout."""
+        q, k, v = self._split(packing.pad(self.qkv(x)))
+        return self.out(packing.unpad(self.merge(self.attend(q, k, v, packing.lengths, None, global_idx))))
+
+    def _split(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(B, L, 3 d_model)`` -> queries, keys, values ``(B, H, L, D)``."""
+        B, L, _ = qkv.shape
+        return tuple(qkv.view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4))
