@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from tsformer.metrics import ForecastAccumulator
+from tsformer.nn.early_exit import check_exit_heads, weighted_layer_loss
 from tsformer.nn.likelihoods import GaussianHead
 from tsformer.tasks.hooks import LearnedPartsHooks
 from tsformer.tasks.optim import warmup_cosine
@@ -55,6 +56,9 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         num_samples: sample paths per test forecast.
         quantiles: quantiles reported by ``predict_step``.
         sample_seed: seed of the per-window forecast draws (None: global random state).
+        exit_heads: train with the (shared) likelihood head after every block, the loss
+            weighted toward deeper blocks (CALM, Schuster et al. 2022, Sec. 5), so that
+            sampling can exit early; validation and test use the last block.
 
     With ``plot_settings`` set (``train()`` does it before testing, :mod:`tsformer.plots`),
     testing also keeps the 10/50/90% quantiles of the first ``max`` windows of the first
@@ -73,8 +77,10 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         num_samples: int = 100,
         quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
         sample_seed: int | None = 0,
+        exit_heads: bool = False,
     ):
         super().__init__()
+        check_exit_heads(net, exit_heads)
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         self.acc = ForecastAccumulator()
@@ -86,8 +92,14 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         w[:, :from_pos] = 0
         return GaussianHead.nll(mu, sigma, batch["target"], w)
 
+    def _layer_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """CALM's weighted sum of every block's likelihood loss (``exit_heads``)."""
+        states = self.net.hidden_states(batch["inputs"], batch["covariates"], batch["series"], batch.get("static"))
+        return weighted_layer_loss([GaussianHead.nll(*self.net.readout(h), batch["target"], batch["observed"])
+                                    for h in states])
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._loss(batch)
+        loss = self._layer_loss(batch) if self.hparams.get("exit_heads") else self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["series"]))
         return self.with_aux(loss, len(batch["series"]))
 
