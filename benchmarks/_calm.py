@@ -68,9 +68,9 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calm-delta", type=float, default=0.1)
     ap.add_argument("--calm-parts", nargs="+", default=["charlm", "speech"], choices=["charlm", "speech"])
     ap.add_argument("--calm-charlm-data", default=None, help="task=pgbooks data.path (default: the shipped excerpt)")
-    ap.add_argument("--calm-charlm-layers", type=int, default=None, help="default 8 (--quick) or 12")
+    ap.add_argument("--calm-charlm-layers", type=int, default=None, help="default 6 (--quick) or 12")
     ap.add_argument("--calm-speech-layers", type=int, default=None, help="default 6 (--quick) or 8")
-    ap.add_argument("--calm-steps", type=int, default=None, help="training steps (default 400/500 --quick, else 4000/1500)")
+    ap.add_argument("--calm-steps", type=int, default=None, help="training steps (default 150 --quick, else 4000 char LM / 1500 speech)")
     ap.add_argument("--calm-workdir", default=str(ROOT / "outputs" / "bench_calm"))
 
 
@@ -114,12 +114,12 @@ def _prompts(ids, n: int, length: int, gen: int, seed: int) -> torch.Tensor:
 
 def charlm_rows(args, device: str) -> list[dict]:
     quick = bool(_opt(args, "quick", False))
-    layers = int(_opt(args, "calm_charlm_layers", 8 if quick else 12))
+    layers = int(_opt(args, "calm_charlm_layers", 6 if quick else 12))
     work = Path(_opt(args, "calm_workdir", ROOT / "outputs" / "bench_calm"))
     size = (["model.d_model=64", "model.n_heads=4", "model.d_ff=256", "data.context=128",
              "data.train_samples=4000"] if quick else
             ["model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "data.context=512"])
-    steps = int(_opt(args, "calm_steps", 400 if quick else 4000))
+    steps = int(_opt(args, "calm_steps", 150 if quick else 4000))
     size += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // 2)}"]
     data = _opt(args, "calm_charlm_data", None)
     run = work / f"charlm_{layers}l_{steps}{'_quick' if quick else ''}"
@@ -127,7 +127,7 @@ def charlm_rows(args, device: str) -> list[dict]:
             "module.exit_heads=true", f"run_dir={run}", *size, *QUIET] + ([f"data.path={data}"] if data else [])
     net, dm, _ = _trained(compose_config(over), run)
     net = net.to(device)
-    n_cal, n_test, plen, glen = (400, 400, 64, 16) if quick else (2000, 1000, 128, 32)
+    n_cal, n_test, plen, glen = (500, 300, 32, 8) if quick else (2000, 1000, 128, 32)
     cal = _prompts(dm.ids["val"], n_cal, plen, glen, 0).to(device)
     test = _prompts(dm.ids["test"], n_test, plen, glen, 1).to(device)
     max_ctx = net.encoder.max_tokens
@@ -137,7 +137,7 @@ def charlm_rows(args, device: str) -> list[dict]:
 
     ref_cal, ref_test = full(cal), full(test)
     # Wall time: one long continuation of one test prompt, batch 1.
-    long_steps = 300 if quick else 1000
+    long_steps = 200 if quick else 1000
     one = test[:1]
     _, t_full = _timed(lambda: generate_tokens(net, one, long_steps, 0.0, None, True, max_ctx))
     _, t_full = _timed(lambda: generate_tokens(net, one, long_steps, 0.0, None, True, max_ctx))  # warm
@@ -211,7 +211,7 @@ def speech_rows(args, device: str) -> list[dict]:
     quick = bool(_opt(args, "quick", False))
     layers = int(_opt(args, "calm_speech_layers", 6 if quick else 8))
     work = Path(_opt(args, "calm_workdir", ROOT / "outputs" / "bench_calm"))
-    steps = int(_opt(args, "calm_steps", 500 if quick else 1500))
+    steps = int(_opt(args, "calm_steps", 150 if quick else 1500))
     run = work / f"speech_{layers}l_{steps}{'_quick' if quick else ''}"
     over = ["task=librispeech", "model=conformer", f"model.n_layers={layers}", f"trainer.max_steps={steps}",
             f"trainer.val_check_interval={max(1, steps // 2)}", "module.exit_heads=true", "module.decoding.method=greedy",
@@ -311,7 +311,7 @@ def main() -> None:
         f.write(f"\n### CALM early exit ({'--quick, ' if a.quick else ''}{stamp['date']}, {stamp['machine']}, "
                 f"{a.threads} threads, load {stamp['load_avg']:.1f}, {took:.0f} s)\n\n"
                 f"`PYTHONPATH=. python benchmarks/_calm.py{' --quick' if a.quick else ''}`; delta "
-                f"{a.calm_delta}; char LM: task=pgbooks, {_opt(a, 'calm_charlm_layers', 8 if a.quick else 12)} "
+                f"{a.calm_delta}; char LM: task=pgbooks, {_opt(a, 'calm_charlm_layers', 6 if a.quick else 12)} "
                 "layers, greedy, consistency = share of characters equal to the full model's; speech: "
                 f"task=librispeech, Conformer-CTC {_opt(a, 'calm_speech_layers', 6 if a.quick else 8)} layers, "
                 "greedy CTC, consistency = 1 - mean per-utterance WER increase. Speedup: batch-1 wall time, "

@@ -309,3 +309,38 @@ def test_exit_heads_need_per_layer_outputs():
 
     with pytest.raises(ValueError, match="exit_heads"):
         ForecastingModule(nn.Linear(2, 2), exit_heads=True)
+
+
+def test_token_calibration_end_to_end():
+    from tsformer.nn.early_exit import calibrate_token_exit, exit_classifier_data, tokens_agree
+
+    net = char_lm(n_layers=3)
+    prompts = torch.randint(1, 23, (60, 6), generator=torch.Generator().manual_seed(6))
+    rule, cal = calibrate_token_exit(net, prompts, 4, "softmax", 0.5, 0.1, candidates=[0.99, 0.5, 0.0])
+    assert [t for t, _, _ in cal.tested][: len(cal.tested)] == [0.99, 0.5, 0.0][: len(cal.tested)]
+    assert rule.threshold == cal.threshold and cal.n == 60
+    # The accepted thresholds' empirical risks are below the tolerance.
+    assert all(r <= 0.5 for t, r, p in cal.tested if p <= 0.1)
+    states, labels = exit_classifier_data(net, tokens_agree, prompts)
+    assert len(states) == 2 and states[0].shape == (360, 16) and labels[0].shape == (360,)
+
+
+def test_forecast_calibration_and_classifier():
+    from tsformer.tasks.forecasting import (
+        calibrate_forecast_exit,
+        fit_forecast_exit_classifier,
+        forecast_batch,
+    )
+
+    net = forecaster()
+    inputs, cov, series = forecast_inputs(B=8)
+    batch = {"inputs": inputs, "covariates": cov, "series": torch.arange(8) % 3, "scale": torch.ones(8),
+             "future": torch.randn(8, 5, generator=torch.Generator().manual_seed(2))}
+    g = torch.Generator().manual_seed(0)
+    plain = forecast_batch(net, batch, 6, torch.Generator().manual_seed(0))
+    assert torch.equal(forecast_batch(net, batch, 6, g, early_exit=EarlyExit("state", NEVER)), plain)
+    clf = fit_forecast_exit_classifier(net, [batch], steps=20)
+    for measure, extra in (("state", None), ("classifier", clf)):
+        rule, cal = calibrate_forecast_exit(net, [batch], 6, measure, 0.9, 0.5, classifier=extra,
+                                            candidates=[0.999, 0.9, 0.0])
+        assert cal.n == 8 and rule.measure == measure and cal.tested

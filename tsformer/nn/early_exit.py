@@ -253,6 +253,76 @@ def early_exit_tokens(net: nn.Module, prompt: Tensor, steps: int, policy: EarlyE
     return generate_tokens(_WithExit(net, policy), prompt, steps, temperature, generator, True, max_context)
 
 
+def tokens_agree(out: Tensor, last: Tensor) -> Tensor:
+    """Consistency label for token outputs: the layer's argmax is the last layer's."""
+    return out.argmax(-1) == last.argmax(-1)
+
+
+def gaussians_agree(out: tuple[Tensor, Tensor], last: tuple[Tensor, Tensor], tol: float = 0.1) -> Tensor:
+    """Consistency label for Gaussian outputs ``(mu, sigma)``: the layer's mean within
+    ``tol`` of the last layer's standard deviations, and its scale within ``tol`` (log)."""
+    (mu, sigma), (mu_l, sigma_l) = out, last
+    return ((mu - mu_l).abs() <= tol * sigma_l) & ((sigma / sigma_l).log().abs() <= tol)
+
+
+@torch.no_grad()
+def exit_classifier_data(net: nn.Module, agree: Callable[[Any, Any], Tensor], *inputs: Any,
+                         mask: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    """States and consistency labels for :meth:`ExitClassifier.fit` from one batch of
+    held-out inputs run through every layer (``net.hidden_states(*inputs)``; teacher-forced,
+    as CALM trains its classifier on the frozen model).
+
+    Args:
+        agree: ``(layer output, last output) -> (B, L)`` bool (:func:`tokens_agree`,
+            :func:`gaussians_agree`).
+        mask: ``(B, L)`` positions to use (None: all).
+    Returns:
+        Per layer but the last: states ``(M, d)`` and labels ``(M,)``.
+    """
+    states = net.hidden_states(*inputs)
+    last = net.readout(states[-1])
+    xs, ys = [], []
+    for h in states[:-1]:
+        keep = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask.bool()
+        xs.append(h[keep])
+        ys.append(agree(net.readout(h), last)[keep].float())
+    return xs, ys
+
+
+@torch.no_grad()
+def calibrate_token_exit(net: nn.Module, prompts: Tensor, steps: int, measure: str, tolerance: float,
+                         delta: float, candidates: Sequence[float] | None = None,
+                         classifier: ExitClassifier | None = None,
+                         max_context: int | None = None) -> tuple[EarlyExit, Calibration]:
+    """Calibrate a token model's exit threshold on held-out prompts (Learn-then-Test): the
+    inconsistency of a prompt is the share of its ``steps`` greedy characters that differ from
+    the full model's continuation (textual consistency, Schuster et al. 2022, Sec. 4).
+
+    Args:
+        net: a causal token model with ``new_cache`` and ``readout`` (the char LM).
+        prompts: ``(N, P)`` held-out prompts, one calibration example each.
+    Returns:
+        The calibrated :class:`EarlyExit` (``NEVER`` when no threshold is valid) and the
+        :class:`Calibration` record.
+    """
+    full = generate_tokens_full(net, prompts, steps, max_context)
+    P = prompts.shape[1]
+
+    def losses(t: float) -> Tensor:
+        rule = EarlyExit(measure, t, readout=net.readout, classifier=classifier)
+        return token_mismatch(early_exit_tokens(net, prompts, steps, rule, 0.0, None, max_context)[:, P:], full).cpu()
+
+    cal = calibrate_threshold(candidate_thresholds() if candidates is None else candidates, losses, tolerance, delta)
+    return EarlyExit(measure, cal.threshold, readout=net.readout, classifier=classifier), cal
+
+
+def generate_tokens_full(net: nn.Module, prompts: Tensor, steps: int, max_context: int | None = None) -> Tensor:
+    """The full model's greedy continuation ``(N, steps)`` (the reference of consistency)."""
+    from tsformer.nn.decoding import generate_tokens
+
+    return generate_tokens(net, prompts, steps, 0.0, None, True, max_context)[:, prompts.shape[1]:]
+
+
 # -- calibration: Learn-then-Test ------------------------------------------------------------
 
 
@@ -444,6 +514,6 @@ def ctc_early_exit(net: nn.Module, feats: Tensor, lengths: Tensor, policy: Early
 
 
 __all__ = ["MEASURES", "NEVER", "Calibration", "EarlyExit", "ExitClassifier", "calibrate_threshold",
-           "candidate_thresholds", "check_exit_heads", "ctc_early_exit", "early_exit_tokens", "hoeffding_bentkus_pvalue", "layer_weights", "propagate",
-           "quantile_loss_change", "softmax_confidence", "state_confidence", "token_mismatch",
+           "calibrate_token_exit", "candidate_thresholds", "check_exit_heads", "ctc_early_exit", "early_exit_tokens", "exit_classifier_data", "gaussians_agree", "hoeffding_bentkus_pvalue", "layer_weights", "propagate",
+           "quantile_loss_change", "softmax_confidence", "state_confidence", "token_mismatch", "tokens_agree",
            "weighted_layer_loss"]
