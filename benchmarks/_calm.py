@@ -53,6 +53,7 @@ from tsformer.nn.early_exit import (
     candidate_thresholds,
     ctc_early_exit,
     early_exit_tokens,
+    held_out_prompts,
     token_mismatch,
 )
 from tsformer.train import compose_config, train
@@ -102,16 +103,6 @@ def _timed(fn):
 # -- char LM ------------------------------------------------------------------------------------
 
 
-def _prompts(ids, n: int, length: int, gen: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    hi = len(ids) - length - gen - 1
-    if hi < 1:
-        raise ValueError(f"a split of {len(ids)} characters is too short for {length}-character prompts")
-    starts = torch.randint(0, hi, (n,), generator=g)
-    t = torch.as_tensor(ids.astype("int64"))
-    return torch.stack([t[s : s + length] for s in starts.tolist()])
-
-
 def charlm_rows(args, device: str) -> list[dict]:
     quick = bool(_opt(args, "quick", False))
     layers = int(_opt(args, "calm_charlm_layers", 6 if quick else 12))
@@ -128,8 +119,8 @@ def charlm_rows(args, device: str) -> list[dict]:
     net, dm, _ = _trained(compose_config(over), run)
     net = net.to(device)
     n_cal, n_test, plen, glen = (500, 300, 32, 8) if quick else (2000, 1000, 128, 32)
-    cal = _prompts(dm.ids["val"], n_cal, plen, glen, 0).to(device)
-    test = _prompts(dm.ids["test"], n_test, plen, glen, 1).to(device)
+    cal = held_out_prompts(dm.ids["val"], n_cal, plen, glen, 0).to(device)
+    test = held_out_prompts(dm.ids["test"], n_test, plen, glen, 1).to(device)
     max_ctx = net.encoder.max_tokens
 
     def full(prompts):

@@ -257,6 +257,12 @@ def test_candidates_and_inconsistency_measures():
     target = torch.randn(2, 4)
     assert quantile_loss_change(s, s, target).tolist() == [0.0, 0.0]
     assert (quantile_loss_change(s + 100, s, target) == 1).all()
+    from tsformer.nn.early_exit import held_out_prompts
+
+    p = held_out_prompts(torch.arange(100), 5, 10, room=3)
+    assert p.shape == (5, 10) and (p.diff(dim=1) == 1).all() and int(p[:, -1].max()) <= 96
+    with pytest.raises(ValueError, match="too short"):
+        held_out_prompts(torch.arange(12), 2, 10, room=3)
 
 
 def test_exit_classifier_learns_consistency():

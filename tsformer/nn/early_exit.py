@@ -316,6 +316,17 @@ def calibrate_token_exit(net: nn.Module, prompts: Tensor, steps: int, measure: s
     return EarlyExit(measure, cal.threshold, readout=net.readout, classifier=classifier), cal
 
 
+def held_out_prompts(ids: Any, n: int, length: int, room: int = 0, seed: int = 0) -> Tensor:
+    """``(n, length)`` prompts cut at random places of a held-out token sequence ``ids``
+    (``(T,)`` array or tensor), each leaving ``room`` tokens after it: calibration examples."""
+    t = torch.as_tensor(np.asarray(ids).astype("int64"))
+    hi = len(t) - length - room
+    if hi < 1:
+        raise ValueError(f"a held-out text of {len(t)} tokens is too short for {length}-token prompts")
+    starts = torch.randint(0, hi, (n,), generator=torch.Generator().manual_seed(seed))
+    return torch.stack([t[s : s + length] for s in starts.tolist()])
+
+
 def generate_tokens_full(net: nn.Module, prompts: Tensor, steps: int, max_context: int | None = None) -> Tensor:
     """The full model's greedy continuation ``(N, steps)`` (the reference of consistency)."""
     from tsformer.nn.decoding import generate_tokens
@@ -514,6 +525,6 @@ def ctc_early_exit(net: nn.Module, feats: Tensor, lengths: Tensor, policy: Early
 
 
 __all__ = ["MEASURES", "NEVER", "Calibration", "EarlyExit", "ExitClassifier", "calibrate_threshold",
-           "calibrate_token_exit", "candidate_thresholds", "check_exit_heads", "ctc_early_exit", "early_exit_tokens", "exit_classifier_data", "gaussians_agree", "hoeffding_bentkus_pvalue", "layer_weights", "propagate",
+           "calibrate_token_exit", "candidate_thresholds", "check_exit_heads", "ctc_early_exit", "early_exit_tokens", "exit_classifier_data", "gaussians_agree", "held_out_prompts", "hoeffding_bentkus_pvalue", "layer_weights", "propagate",
            "quantile_loss_change", "softmax_confidence", "state_confidence", "token_mismatch", "tokens_agree",
            "weighted_layer_loss"]
