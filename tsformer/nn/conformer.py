@@ -220,8 +220,30 @@ class ConformerCTC(nn.Module):
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, T, F)`` features, ``(B,)`` lengths -> ``(B, T', V)`` log-probabilities, ``(B,)`` lengths."""
+        h, out_lengths = self.encoder(self._normalise(feats, lengths), lengths)
+        return self.readout(h), out_lengths
+
+    def _normalise(self, feats: Tensor, lengths: Tensor) -> Tensor:
         x = self.cmvn(feats).masked_fill(~valid_mask(lengths, feats.shape[1])[..., None], 0.0)
-        if self.specaug is not None:
-            x = self.specaug(x, lengths)
-        h, out_lengths = self.encoder(x, lengths)
-        return torch.log_softmax(self.head(h).float(), dim=-1), out_lengths
+        return x if self.specaug is None else self.specaug(x, lengths)
+
+    def embed(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The first block's input: normalised, (augmented,) subsampled features
+        ``(B, T', d)`` and ``(B,)`` output lengths."""
+        x, out_lengths = self.encoder.subsample(self._normalise(feats, lengths), lengths)
+        return self.encoder.drop(x), out_lengths
+
+    def hidden_states(self, feats: Tensor, lengths: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Every block's output ``(B, T', d)`` and the ``(B,)`` output lengths: what
+        intermediate CTC heads (the shared :meth:`readout`, CALM's per-layer heads) read."""
+        x, out_lengths = self.embed(feats, lengths)
+        mask = valid_mask(out_lengths, x.shape[1])
+        out = []
+        for block in self.encoder.blocks:
+            x = block(x, out_lengths, mask)
+            out.append(x)
+        return out, out_lengths
+
+    def readout(self, h: Tensor) -> Tensor:
+        """The shared CTC head on any block's states: ``(..., d)`` -> log-probabilities."""
+        return torch.log_softmax(self.head(h).float(), dim=-1)

@@ -49,6 +49,13 @@ class ConvTransformerBlock(nn.Module):
         h = self.ln2(x)
         return x + (self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
 
+    def fill_cache(self, x: Tensor, cache: KVCache) -> None:
+        """State propagation for early exit (:func:`tsformer.nn.early_exit.propagate`): keys
+        and values (and a recurrent feed-forward's state) from the exited state ``x``."""
+        self.attn(self.ln1(x), cache=cache)
+        if getattr(self.ff, "takes_cache", False):
+            self.ff(self.ln2(x), cache=cache)
+
 
 def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int, n_heads: int, d_ff: int,
                 conv_kernel: int, dropout: float, causal: bool | None, network: str, ffn: str = "mlp") -> nn.ModuleList:
@@ -136,6 +143,21 @@ class ConvTransformerForecaster(nn.Module):
             x = block(x)
         return self.head(self.ln(x))
 
+    def hidden_states(self, inputs: Tensor, covariates: Tensor, series: Tensor,
+                      static: Tensor | None = None) -> list[Tensor]:
+        """Every block's output ``(B, L, d)`` (arguments as :meth:`forward`): the states
+        CALM's per-layer heads (:meth:`readout`) and exit classifier read."""
+        x = self._embed(inputs, covariates, series, static)
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def readout(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The shared likelihood head (final norm, Gaussian) on any block's states."""
+        return self.head(self.ln(h))
+
     def series_features(self, series: Tensor, static: Tensor | None = None) -> Tensor:
         """``(B, E)`` per-series input features: id embedding and static embeddings."""
         known = self.embed(series.clamp(0, self.embed.num_embeddings - 1))
@@ -164,6 +186,7 @@ class ConvTransformerForecaster(nn.Module):
         noise: Tensor | None = None,
         static: Tensor | None = None,
         decode: dict[str, Any] | None = None,
+        early_exit: Any = None,
     ) -> Tensor:
         """Ancestral sampling of future paths.
 
@@ -180,6 +203,8 @@ class ConvTransformerForecaster(nn.Module):
                 ``method=jacobi`` updates all horizon positions per forward pass from
                 pre-drawn noise (drawn here from ``generator`` when ``noise`` is None) and
                 reaches the paths that sequential sampling gives with that noise.
+            early_exit: a CALM exit rule (:class:`tsformer.nn.early_exit.EarlyExit`) for
+                the sampled steps, or None (every layer).
         Returns:
             ``(B, num_samples, H)`` scaled sample paths.
         """
@@ -193,6 +218,7 @@ class ConvTransformerForecaster(nn.Module):
             # Parallel decoding needs every path's noise up front.
             noise = torch.randn(B, S, H, generator=generator, device=inputs.device, dtype=inputs.dtype)
         cache = DecodeCache.create(len(self.blocks), B, S, L)
+        cache.early_exit = early_exit
         x = cache.run(self.blocks, self._embed(inputs, covariates[:, :C1], series, static))
         mu, sigma = self.head(self.ln(x[:, -1:]))
         sid = series.repeat_interleave(S, 0)

@@ -181,10 +181,13 @@ class DecodeCache:
         layers: per-layer caches, in network order.
         hidden: each block's output at the newest positions, ``(B * R, l, d)``, refreshed
             by every prefill and step (early exit and parallel decoding read them).
+        early_exit: a CALM exit rule (:class:`tsformer.nn.early_exit.EarlyExit`) that
+            :meth:`run` hands single-position steps to, or None (every layer runs).
     """
 
     layers: list[KVCache]
     hidden: list[Tensor] = field(default_factory=list)
+    early_exit: Any = None
 
     @classmethod
     def create(cls, n_layers: int, batch: int, repeat: int, max_len: int) -> DecodeCache:
@@ -235,6 +238,8 @@ class DecodeCache:
         keeping every block's output in :attr:`hidden`. Returns the last block's output."""
         if len(blocks) != len(self.layers):
             raise ValueError(f"{len(blocks)} blocks for a cache of {len(self.layers)} layers")
+        if self.early_exit is not None and x.shape[1] == 1 and self.length > 0:
+            return self.early_exit.run(blocks, self, x, **kwargs)
         self.hidden = []
         for block, layer in zip(blocks, self.layers):
             x = block(x, cache=layer, **kwargs)

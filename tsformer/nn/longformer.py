@@ -86,6 +86,14 @@ class LongformerLayer(nn.Module):
         h = self.norm2(x)
         return x + self.drop(self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
 
+    def fill_cache(self, x: Tensor, cache: KVCache) -> None:
+        """State propagation for early exit (:func:`tsformer.nn.early_exit.propagate`): this
+        layer's keys and values (and a recurrent feed-forward's state) for ``x (B, l, d)``, the
+        exited state copied up; the output is not needed, so the feed-forward is skipped."""
+        self.attn(self.norm1(x), cache=cache)
+        if getattr(self.ff, "takes_cache", False):
+            self.ff(self.norm2(x), cache=cache)
+
 
 class LongformerEncoder(nn.Module):
     """Token embedding, positions and a stack of Longformer layers.
@@ -150,6 +158,22 @@ class LongformerEncoder(nn.Module):
         if self.pos is not None:
             nn.init.normal_(self.pos.weight, std=0.02)
 
+    def embed_tokens(self, tokens: Tensor, start: int = 0, cached: bool = False) -> Tensor:
+        """``(B, L)`` ids at positions ``start..`` -> ``(B, L, d)`` layer inputs (embedding,
+        learned positions, dropout)."""
+        L = self.check_length(tokens.shape[1], start, cached)
+        x = self.embed(tokens)
+        if self.pos is not None:
+            x = x + self.pos.weight[start : start + L]
+        return self.drop(x)
+
+    def check_length(self, L: int, start: int = 0, cached: bool = False) -> int:
+        """``L`` tokens at ``start`` fit: a learned table ends at ``max_tokens``; relative
+        positions only limit one full pass."""
+        if start + L > self.max_tokens and (self.pos is not None or not cached):
+            raise ValueError(f"input of {start + L} tokens is longer than max_tokens={self.max_tokens}")
+        return L
+
     def forward(self, tokens: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
                 cache: DecodeCache | None = None) -> Tensor:
         """Args:
@@ -170,17 +194,11 @@ class LongformerEncoder(nn.Module):
             tokens = tokens[:, : self.truncate]
         if lengths is not None:
             lengths = lengths.clamp(max=tokens.shape[1])
-        L = tokens.shape[1]
         start = 0 if cache is None else cache.length
-        # A learned table ends at max_tokens; relative positions only limit one full pass.
-        if start + L > self.max_tokens and (self.pos is not None or cache is None):
-            raise ValueError(f"input of {start + L} tokens is longer than max_tokens={self.max_tokens}")
         if self.unpad and lengths is not None and cache is None:
-            return self._forward_packed(tokens, Packing.from_lengths(lengths, L), global_idx)
-        x = self.embed(tokens)
-        if self.pos is not None:
-            x = x + self.pos.weight[start : start + L]
-        x = self.drop(x)
+            self.check_length(tokens.shape[1], start, cached=False)
+            return self._forward_packed(tokens, Packing.from_lengths(lengths, tokens.shape[1]), global_idx)
+        x = self.embed_tokens(tokens, start, cache is not None)
         if cache is not None:
             return self.norm(cache.run(self.layers, x))
         for layer in self.layers:
@@ -363,6 +381,23 @@ class LongformerCharLM(nn.Module):
         call only the new characters, attending over everything cached.
         """
         return self.lm_head(self.encoder(tokens, cache=cache))
+
+    def hidden_states(self, tokens: Tensor) -> list[Tensor]:
+        """Every layer's output ``(B, L, d)`` for ``(B, L)`` ids (no cache, no memory): the
+        states CALM's per-layer heads (:meth:`readout`) and exit classifier read."""
+        if self.uses_memory:
+            raise ValueError("per-layer outputs (module.exit_heads) are not available with model.memory")
+        x = self.encoder.embed_tokens(tokens)
+        out = []
+        for layer in self.encoder.layers:
+            x = layer(x)
+            out.append(x)
+        return out
+
+    def readout(self, h: Tensor) -> Tensor:
+        """The shared output head (final norm and tied projection) on any layer's states:
+        ``(..., d)`` -> ``(..., vocab)`` logits."""
+        return self.lm_head(self.encoder.norm(h))
 
     def new_cache(self, batch: int, max_len: int, repeat: int = 1) -> DecodeCache:
         """An empty decoding cache for ``batch`` prompts of ``repeat`` paths, up to ``max_len``."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from tsformer.data.tokenizers import Tokenizer, tokenizer_from_state
 from tsformer.metrics import char_errors, word_errors
 from tsformer.nn.ctc import ctc_decode
+from tsformer.nn.early_exit import check_exit_heads, weighted_layer_loss
 from tsformer.tasks.hooks import LearnedPartsHooks
 from tsformer.tasks.optim import warmup_cosine
 
@@ -28,6 +29,9 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
         lr, weight_decay: AdamW settings.
         warmup_steps: linear warm-up, then cosine decay to 5% at ``max_steps``.
         decoding: ``{method: greedy | beam, beam_width: int}`` for the test splits.
+        exit_heads: train with the (shared) CTC head after every block too (intermediate
+            CTC), the losses weighted toward deeper blocks as CALM weighs them (Schuster et
+            al. 2022, Sec. 5), so that transcription can exit early per utterance.
 
     With ``plot_settings`` set (``train()`` does it before testing, :mod:`tsformer.plots`),
     testing keeps each utterance's reference, hypothesis and word errors, and
@@ -43,8 +47,10 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
         weight_decay: float = 1e-3,
         warmup_steps: int = 200,
         decoding: dict | None = None,
+        exit_heads: bool = False,
     ):
         super().__init__()
+        check_exit_heads(net, exit_heads)
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         self.decoding = dict(decoding or {"method": "greedy", "beam_width": 8})
@@ -77,14 +83,20 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
     # -- steps ---------------------------------------------------------------
     def _forward_loss(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         log_probs, out_lens = self.net(batch["feats"], batch["feat_lens"])
-        loss = F.ctc_loss(
+        return self._ctc(log_probs, out_lens, batch), log_probs, out_lens
+
+    def _ctc(self, log_probs: Tensor, out_lens: Tensor, batch: dict) -> Tensor:
+        return F.ctc_loss(
             log_probs.transpose(0, 1), batch["targets"], out_lens, batch["target_lens"],
             blank=0, reduction="mean", zero_infinity=True,  # too-short utterances give inf
         )
-        return loss, log_probs, out_lens
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss, _, _ = self._forward_loss(batch)
+        if self.hparams.get("exit_heads"):
+            states, out_lens = self.net.hidden_states(batch["feats"], batch["feat_lens"])
+            loss = weighted_layer_loss([self._ctc(self.net.readout(h), out_lens, batch) for h in states])
+        else:
+            loss, _, _ = self._forward_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         return self.with_aux(loss, len(batch["ids"]))
 

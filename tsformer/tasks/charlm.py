@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from tsformer.metrics import bits_per_character
 from tsformer.nn.decoding import generate_tokens
+from tsformer.nn.early_exit import check_exit_heads, weighted_layer_loss
 from tsformer.tasks.hooks import LearnedPartsHooks, StagedEvalHooks
 from tsformer.tasks.optim import adamw_warmup_cosine
 
@@ -32,6 +33,10 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
         net: ``forward(tokens (B, L)) -> (B, L, V)`` logits (and, with a memory,
             ``forward_segment(tokens, memory) -> (logits, memory)``).
         lr, weight_decay, warmup_steps: AdamW with warm-up and cosine decay.
+        exit_heads: train with the (shared) output head after every layer, the loss
+            weighted toward deeper layers (CALM, Schuster et al. 2022, Sec. 5;
+            :func:`tsformer.nn.early_exit.layer_weights`), so that generation can exit
+            early; evaluation scores the last layer.
 
     :meth:`write_plots` (called by ``train()`` after testing, :mod:`tsformer.plots`) writes
     a sampled continuation of a test prompt.
@@ -40,8 +45,12 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
     plot_settings: dict | None = None
     PLOT_PROMPT, PLOT_STEPS, PLOT_TEMPERATURE = 200, 400, 0.8
 
-    def __init__(self, net: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2, warmup_steps: int = 50):
+    def __init__(self, net: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2, warmup_steps: int = 50,
+                 exit_heads: bool = False):
         super().__init__()
+        check_exit_heads(net, exit_heads)
+        if exit_heads and getattr(net, "uses_memory", False):
+            raise ValueError("module.exit_heads cannot be combined with model.memory (Transformer-XL)")
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         self._sums: dict[str, list[float]] = {}
@@ -67,15 +76,22 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
         logits, self._memory[stage] = self.net.forward_segment(batch["inputs"], mem)
         return logits
 
-    def _nll(self, batch: dict[str, Tensor], stage: str = "train") -> tuple[Tensor, Tensor]:
-        logits = self._logits(batch, stage)
+    def _nll(self, batch: dict[str, Tensor], stage: str = "train", logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logits = self._logits(batch, stage) if logits is None else logits
         nll = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="none")
         w = batch["weight"].flatten().to(nll.dtype)
         return (nll * w).sum(), w.sum()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        s, n = self._nll(batch)
-        loss = s / n.clamp_min(1)  # a batch of padding alone (a stream's end) adds nothing
+        if self.hparams.get("exit_heads"):
+            n = batch["weight"].sum().clamp_min(1)
+            per_layer = [self._nll(batch, logits=self.net.readout(h))[0] / n
+                         for h in self.net.hidden_states(batch["inputs"])]
+            self.log("train/last_layer_loss", per_layer[-1], batch_size=len(batch["inputs"]))
+            loss = weighted_layer_loss(per_layer)
+        else:
+            s, n = self._nll(batch)
+            loss = s / n.clamp_min(1)  # a batch of padding alone (a stream's end) adds nothing
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["inputs"]))
         self.log("train/bpc", loss / math.log(2), batch_size=len(batch["inputs"]))
         return self.with_aux(loss, len(batch["inputs"]))

@@ -10,6 +10,18 @@ import torch
 from torch import Tensor, nn
 
 from tsformer.metrics import ForecastAccumulator
+from tsformer.nn.early_exit import (
+    Calibration,
+    EarlyExit,
+    ExitClassifier,
+    calibrate_threshold,
+    candidate_thresholds,
+    check_exit_heads,
+    exit_classifier_data,
+    gaussians_agree,
+    quantile_loss_change,
+    weighted_layer_loss,
+)
 from tsformer.nn.likelihoods import GaussianHead
 from tsformer.tasks.hooks import LearnedPartsHooks
 from tsformer.tasks.optim import warmup_cosine
@@ -31,6 +43,7 @@ def forecast_batch(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     decode: dict | None = None,
+    early_exit: EarlyExit | None = None,
 ) -> Tensor:
     """Sample paths of a forecast-window batch on the original scale: ``(B, S, H)``.
 
@@ -39,16 +52,65 @@ def forecast_batch(
     decoding options (``conf/decode``; :func:`tsformer.nn.decoding.decode_values`); with
     ``method=jacobi`` the noise of every path and step is drawn up front and all horizon
     steps are updated per forward pass, reaching the paths sequential sampling gives with
-    that noise.
+    that noise. ``early_exit``: a CALM exit rule for the sampled steps
+    (:func:`calibrate_forecast_exit`).
     """
     kw = {"static": batch["static"]} if "static" in batch else {}
     if decode and decode.get("method", "sequential") != "sequential":
         kw["decode"] = decode
+    if early_exit is not None:
+        kw["early_exit"] = early_exit
     if seed is not None and "start" in batch:
         horizon = batch["covariates"].shape[1] - batch["inputs"].shape[1] + 1
         kw["noise"] = window_noise(batch, num_samples, horizon, seed)
     s = net.sample(batch["inputs"], batch["covariates"], batch["series"], num_samples, generator=generator, **kw)
     return s * batch["scale"][:, None, None]
+
+
+@torch.no_grad()
+def calibrate_forecast_exit(net: nn.Module, batches: list[dict[str, Tensor]], num_samples: int, measure: str,
+                            tolerance: float, delta: float, seed: int = 0, classifier: ExitClassifier | None = None,
+                            candidates: list[float] | None = None) -> tuple[EarlyExit, Calibration]:
+    """Calibrate the forecaster's exit threshold on held-out windows (CALM's Learn-then-Test,
+    Schuster et al. 2022, Sec. 4). A window's inconsistency is the relative change of the
+    mean quantile loss (10/50/90%) of its early-exit forecast against the full model's
+    (:func:`~tsformer.nn.early_exit.quantile_loss_change`), both drawn from the same noise.
+
+    Args:
+        batches: forecast-window batches (``inputs``, ``covariates``, ``series``, ``scale``,
+            ``future``), e.g. the data module's validation windows.
+        measure: ``state`` or ``classifier`` (the forecaster's outputs are not tokens).
+    Returns:
+        The calibrated rule (threshold ``NEVER`` when none is valid) and the record.
+    """
+    def draw(b, rule=None):
+        return forecast_batch(net, b, num_samples, torch.Generator(b["inputs"].device).manual_seed(seed), seed, rule)
+
+    full = [draw(b) for b in batches]
+
+    def losses(t: float) -> Tensor:
+        rule = EarlyExit(measure, t, readout=net.readout, classifier=classifier)
+        return torch.cat([quantile_loss_change(draw(b, rule), f, b["future"]).cpu() for b, f in zip(batches, full)])
+
+    cal = calibrate_threshold(candidate_thresholds() if candidates is None else candidates, losses, tolerance, delta)
+    return EarlyExit(measure, cal.threshold, readout=net.readout, classifier=classifier), cal
+
+
+def fit_forecast_exit_classifier(net: nn.Module, batches: list[dict[str, Tensor]], steps: int = 300) -> ExitClassifier:
+    """CALM's early-exit classifier for the forecaster, trained on its frozen states over
+    ``batches`` (teacher-forced): a block is consistent where its Gaussian is close to the
+    last block's (:func:`~tsformer.nn.early_exit.gaussians_agree`)."""
+    xs: list[list[Tensor]] = []
+    ys: list[list[Tensor]] = []
+    for b in batches:
+        C1 = b["inputs"].shape[1]  # the context: where a window's inputs are known
+        x, y = exit_classifier_data(net, gaussians_agree, b["inputs"], b["covariates"][:, :C1], b["series"],
+                                    b.get("static"))
+        xs.append(x)
+        ys.append(y)
+    states = [torch.cat(parts) for parts in zip(*xs)]
+    labels = [torch.cat(parts) for parts in zip(*ys)]
+    return ExitClassifier(states[0].shape[-1], len(states) + 1).to(states[0].device).fit(states, labels, steps)
 
 
 class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
@@ -62,6 +124,9 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         num_samples: sample paths per test forecast.
         quantiles: quantiles reported by ``predict_step``.
         sample_seed: seed of the per-window forecast draws (None: global random state).
+        exit_heads: train with the (shared) likelihood head after every block, the loss
+            weighted toward deeper blocks (CALM, Schuster et al. 2022, Sec. 5), so that
+            sampling can exit early; validation and test use the last block.
 
     With ``plot_settings`` set (``train()`` does it before testing, :mod:`tsformer.plots`),
     testing also keeps the 10/50/90% quantiles of the first ``max`` windows of the first
@@ -80,8 +145,10 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         num_samples: int = 100,
         quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
         sample_seed: int | None = 0,
+        exit_heads: bool = False,
     ):
         super().__init__()
+        check_exit_heads(net, exit_heads)
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         self.acc = ForecastAccumulator()
@@ -93,8 +160,14 @@ class ForecastingModule(LearnedPartsHooks, pl.LightningModule):
         w[:, :from_pos] = 0
         return GaussianHead.nll(mu, sigma, batch["target"], w)
 
+    def _layer_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """CALM's weighted sum of every block's likelihood loss (``exit_heads``)."""
+        states = self.net.hidden_states(batch["inputs"], batch["covariates"], batch["series"], batch.get("static"))
+        return weighted_layer_loss([GaussianHead.nll(*self.net.readout(h), batch["target"], batch["observed"])
+                                    for h in states])
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._loss(batch)
+        loss = self._layer_loss(batch) if self.hparams.get("exit_heads") else self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["series"]))
         return self.with_aux(loss, len(batch["series"]))
 

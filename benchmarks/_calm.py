@@ -1,0 +1,314 @@
+"""CALM early exit (Schuster et al. 2022): calibrated thresholds, consistency on unseen data,
+layers used and wall-clock speedup, for the char LM and the Conformer-CTC.
+
+    PYTHONPATH=. python benchmarks/_calm.py --quick          # tiny models, shipped data, a few minutes
+    PYTHONPATH=. python benchmarks/_calm.py                  # deeper models, longer training
+    PYTHONPATH=. python benchmarks/_calm.py --calm-charlm-data ../shared/data/pgbooks
+
+``benchmarks/decoding.py`` calls :func:`run_calm` with its own arguments (those named in
+:func:`add_calm_args`; missing ones take their defaults) and puts the rows in its table.
+
+What it does, per task:
+
+- **char LM** (``task=pgbooks``, a deeper model than the default: ``--calm-charlm-layers``,
+  trained with ``module.exit_heads=true``): greedy continuations of prompts from the
+  validation book calibrate the threshold (Learn-then-Test, inconsistency = share of
+  characters that differ from the full model's continuation); consistency and layers are
+  then measured on prompts from the test book, and wall time on one long continuation of a
+  test prompt (batch 1, as a user generates), full model against early exit. Measures:
+  softmax and state.
+- **speech** (``task=librispeech``, the shipped FSDD digit sample by default, a deeper
+  Conformer-CTC trained with intermediate CTC heads): per-utterance exit; calibration on the
+  dev split plus the first half of the test split, measurement on the other half;
+  inconsistency = the utterance's WER increase over the full encoder (clipped to [0, 1]).
+  Greedy CTC decoding for both. Wall time: utterance by utterance (batch 1, as
+  ``tsformer.transcribe`` runs).
+
+Rows: ``task, method, setting, quality, consistency, avg_layers, passes_per_token, wall_s,
+speedup, device`` (plus the threshold, its p-value and calibration size), appended to
+``benchmarks/results/decoding.json`` and as a table to ``benchmarks/RESULTS.md`` when run
+alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from tsformer.metrics import word_errors
+from tsformer.nn.ctc import ctc_greedy_decode
+from tsformer.nn.decoding import generate_tokens
+from tsformer.nn.early_exit import (
+    NEVER,
+    EarlyExit,
+    calibrate_threshold,
+    candidate_thresholds,
+    ctc_early_exit,
+    early_exit_tokens,
+    held_out_prompts,
+    token_mismatch,
+)
+from tsformer.train import compose_config, train
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "print_metrics=false",
+         "plots=false"]
+
+
+def add_calm_args(ap: argparse.ArgumentParser) -> None:
+    """The options :func:`run_calm` reads (``--quick`` and ``--device`` are shared)."""
+    ap.add_argument("--calm-tolerances", type=float, nargs="+", default=[0.005, 0.01, 0.05])
+    ap.add_argument("--calm-delta", type=float, default=0.1)
+    ap.add_argument("--calm-parts", nargs="+", default=["charlm", "speech"], choices=["charlm", "speech"])
+    ap.add_argument("--calm-charlm-data", default=None, help="task=pgbooks data.path (default: the shipped excerpt)")
+    ap.add_argument("--calm-charlm-layers", type=int, default=None, help="default 6 (--quick) or 12")
+    ap.add_argument("--calm-speech-layers", type=int, default=None, help="default 6 (--quick) or 8")
+    ap.add_argument("--calm-steps", type=int, default=None, help="training steps (default 150 --quick, else 4000 char LM / 1500 speech)")
+    ap.add_argument("--calm-workdir", default=str(ROOT / "outputs" / "bench_calm"))
+
+
+def _opt(args, name: str, default):
+    v = getattr(args, name, None)
+    return default if v is None else v
+
+
+def _trained(cfg, run_dir: Path):
+    """Train (or reuse the checkpoint in ``run_dir``) and return ``(net, datamodule, metrics)``."""
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    metrics = {}
+    if not ckpt.exists():
+        metrics = train(cfg)
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    net = instantiate(cfg.model, _convert_="all", **dm.model_kwargs())
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+    return net.eval(), dm, metrics
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+# -- char LM ------------------------------------------------------------------------------------
+
+
+def charlm_rows(args, device: str) -> list[dict]:
+    quick = bool(_opt(args, "quick", False))
+    layers = int(_opt(args, "calm_charlm_layers", 6 if quick else 12))
+    work = Path(_opt(args, "calm_workdir", ROOT / "outputs" / "bench_calm"))
+    size = (["model.d_model=64", "model.n_heads=4", "model.d_ff=256", "data.context=128",
+             "data.train_samples=4000"] if quick else
+            ["model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "data.context=512"])
+    steps = int(_opt(args, "calm_steps", 150 if quick else 4000))
+    size += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // 2)}"]
+    data = _opt(args, "calm_charlm_data", None)
+    run = work / f"charlm_{layers}l_{steps}{'_quick' if quick else ''}"
+    over = ["task=pgbooks", f"model.n_layers={layers}", "model.window=64", "model.dilation=1",
+            "module.exit_heads=true", f"run_dir={run}", *size, *QUIET] + ([f"data.path={data}"] if data else [])
+    net, dm, _ = _trained(compose_config(over), run)
+    net = net.to(device)
+    n_cal, n_test, plen, glen = (500, 300, 32, 8) if quick else (2000, 1000, 128, 32)
+    cal = held_out_prompts(dm.ids["val"], n_cal, plen, glen, 0).to(device)
+    test = held_out_prompts(dm.ids["test"], n_test, plen, glen, 1).to(device)
+    max_ctx = net.encoder.max_tokens
+
+    def full(prompts):
+        return generate_tokens(net, prompts, glen, 0.0, None, True, max_ctx)[:, plen:]
+
+    ref_cal, ref_test = full(cal), full(test)
+    # Wall time: one long continuation of one test prompt, batch 1.
+    long_steps = 200 if quick else 1000
+    one = test[:1]
+    _, t_full = _timed(lambda: generate_tokens(net, one, long_steps, 0.0, None, True, max_ctx))
+    _, t_full = _timed(lambda: generate_tokens(net, one, long_steps, 0.0, None, True, max_ctx))  # warm
+    cands = candidate_thresholds(16)
+    rows = []
+    for measure in ("softmax", "state"):
+        seen: dict[float, torch.Tensor] = {}
+
+        def losses(t: float, measure=measure, seen=seen):
+            if t not in seen:
+                out = early_exit_tokens(net, cal, glen, EarlyExit(measure, t, readout=net.readout), 0.0, None, max_ctx)
+                seen[t] = token_mismatch(out[:, plen:], ref_cal).cpu()
+            return seen[t]
+
+        for tol in _opt(args, "calm_tolerances", [0.005, 0.01, 0.05]):
+            c = calibrate_threshold(cands, losses, tol, float(_opt(args, "calm_delta", 0.1)))
+            policy = EarlyExit(measure, c.threshold, readout=net.readout)
+            out = early_exit_tokens(net, test, glen, policy, 0.0, None, max_ctx)
+            mismatch = float(token_mismatch(out[:, plen:], ref_test).mean())
+            timing = EarlyExit(measure, c.threshold, readout=net.readout)
+            _, t_exit = _timed(lambda timing=timing: early_exit_tokens(net, one, long_steps, timing, 0.0, None, max_ctx))
+            p = next((pv for t, _, pv in c.tested if t == c.threshold), float("nan"))
+            rows.append({
+                "task": "charlm", "method": "calm", "setting": f"{measure}, tolerance {tol:g}",
+                "quality": None, "consistency": 1.0 - mismatch, "tolerance_met": mismatch <= tol,
+                "avg_layers": policy.avg_layers, "layers": layers, "layer_share": policy.avg_layers / layers,
+                "long_avg_layers": timing.avg_layers, "passes_per_token": 1.0,
+                "wall_s": t_exit, "full_wall_s": t_full, "speedup": t_full / t_exit, "device": device,
+                "threshold": None if c.threshold == NEVER else c.threshold, "p_value": p,
+                "calibration_n": c.n, "test_n": len(test), "generated": glen, "measure": measure,
+                "tolerance": tol, "delta": c.delta,
+            })
+            print(_line(rows[-1]), flush=True)
+    return rows
+
+
+# -- speech -------------------------------------------------------------------------------------
+
+
+def _utterances(dm, part: str, device: str) -> list[dict]:
+    out = []
+    for batch in dm._loader(part):
+        for b in range(len(batch["ids"])):
+            n = int(batch["feat_lens"][b])
+            out.append({"feats": batch["feats"][b : b + 1, :n].to(device), "lens": batch["feat_lens"][b : b + 1].to(device),
+                        "text": batch["texts"][b]})
+    return out
+
+
+def _wers(net, dm, utts, policy: EarlyExit | None) -> tuple[list[float], list[int], float, int]:
+    """Per-utterance WER, layers used, wall seconds (batch 1) and total word errors."""
+    wers, layers, errs, words = [], [], 0, 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for u in utts:
+            if policy is None:
+                lp, lens = net(u["feats"], u["lens"])
+                used = len(net.encoder.blocks)
+            else:
+                lp, lens, used_t = ctc_early_exit(net, u["feats"], u["lens"], policy)
+                used = int(used_t[0])
+            hyp = dm.tokenizer.decode(ctc_greedy_decode(lp, lens)[0])
+            e, n = word_errors(u["text"], hyp)
+            errs, words = errs + e, words + n
+            wers.append(e / max(n, 1))
+            layers.append(used)
+    return wers, layers, time.perf_counter() - t0, errs / max(words, 1)
+
+
+def speech_rows(args, device: str) -> list[dict]:
+    quick = bool(_opt(args, "quick", False))
+    layers = int(_opt(args, "calm_speech_layers", 6 if quick else 8))
+    work = Path(_opt(args, "calm_workdir", ROOT / "outputs" / "bench_calm"))
+    steps = int(_opt(args, "calm_steps", 150 if quick else 1500))
+    run = work / f"speech_{layers}l_{steps}{'_quick' if quick else ''}"
+    over = ["task=librispeech", "model=conformer", f"model.n_layers={layers}", f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={max(1, steps // 2)}", "module.exit_heads=true", "module.decoding.method=greedy",
+            f"run_dir={run}", *QUIET]
+    net, dm, _ = _trained(compose_config(over), run)
+    net = net.to(device)
+    test = _utterances(dm, "test", device)
+    half = len(test) // 2
+    cal, held = _utterances(dm, "dev", device) + test[:half], test[half:]
+    full_cal, _, _, _ = _wers(net, dm, cal, None)
+    full_held, _, _, _ = _wers(net, dm, held, None)
+    full_held, _, t_full, wer_full = _wers(net, dm, held, None)  # warm timing
+    cands = candidate_thresholds(16)
+    rows = []
+    for measure in ("softmax", "state"):
+        seen: dict[float, list[float]] = {}
+
+        def losses(t: float, measure=measure, seen=seen):
+            if t not in seen:
+                w, _, _, _ = _wers(net, dm, cal, EarlyExit(measure, t, readout=net.readout))
+                seen[t] = [min(1.0, max(0.0, a - b)) for a, b in zip(w, full_cal)]
+            return seen[t]
+
+        for tol in _opt(args, "calm_tolerances", [0.005, 0.01, 0.05]):
+            c = calibrate_threshold(cands, losses, tol, float(_opt(args, "calm_delta", 0.1)))
+            policy = EarlyExit(measure, c.threshold, readout=net.readout)
+            w, used, t_exit, wer = _wers(net, dm, held, policy)
+            increase = sum(min(1.0, max(0.0, a - b)) for a, b in zip(w, full_held)) / max(len(w), 1)
+            p = next((pv for t, _, pv in c.tested if t == c.threshold), float("nan"))
+            rows.append({
+                "task": "speech", "method": "calm", "setting": f"{measure}, tolerance {tol:g}",
+                "quality": wer, "full_quality": wer_full, "consistency": 1.0 - increase,
+                "tolerance_met": increase <= tol, "avg_layers": sum(used) / max(len(used), 1), "layers": layers,
+                "layer_share": sum(used) / max(len(used), 1) / layers, "passes_per_token": None,
+                "wall_s": t_exit, "full_wall_s": t_full, "speedup": t_full / t_exit, "device": device,
+                "threshold": None if c.threshold == NEVER else c.threshold, "p_value": p,
+                "calibration_n": c.n, "test_n": len(held), "measure": measure, "tolerance": tol, "delta": c.delta,
+            })
+            print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def _line(r: dict) -> str:
+    th = "never exits" if r["threshold"] is None else f"threshold {r['threshold']:.4f}"
+    q = "" if r.get("quality") is None else f", WER {r['quality']:.4f} (full {r['full_quality']:.4f})"
+    return (f"{r['task']} {r['setting']}: {th} (n={r['calibration_n']}), consistency {r['consistency']:.4f}"
+            f"{q}, layers {r['avg_layers']:.2f}/{r['layers']}, speedup {r['speedup']:.2f}x")
+
+
+def run_calm(args) -> list[dict]:
+    """All CALM rows for ``benchmarks/decoding.py`` (see the module docstring)."""
+    device = str(_opt(args, "device", "cpu"))
+    if device == "cuda" and not torch.cuda.is_available():
+        device = "cpu"
+    rows = []
+    parts = _opt(args, "calm_parts", ["charlm", "speech"])
+    if "charlm" in parts:
+        rows += charlm_rows(args, device)
+    if "speech" in parts:
+        rows += speech_rows(args, device)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| task | measure | tolerance | threshold | n cal | consistency (test) | met | quality | "
+            "layers used | share | wall s | speedup |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    body = ""
+    for r in rows:
+        th = "never" if r["threshold"] is None else f"{r['threshold']:.4f}"
+        q = "" if r.get("quality") is None else f"WER {r['quality']:.4f} (full {r['full_quality']:.4f})"
+        body += (f"| {r['task']} | {r['measure']} | {r['tolerance']:g} | {th} | {r['calibration_n']} | "
+                 f"{r['consistency']:.4f} | {'yes' if r['tolerance_met'] else 'no'} | {q} | "
+                 f"{r['avg_layers']:.2f} / {r['layers']} | {r['layer_share']:.0%} | {r['wall_s']:.2f} | "
+                 f"{r['speedup']:.2f}x |\n")
+    return head + body
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decoding.json"))
+    add_calm_args(ap)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    rows = run_calm(a)
+    took = time.perf_counter() - t0
+    stamp = {"date": f"{datetime.now():%Y-%m-%d %H:%M}", "machine": platform.node(), "threads": a.threads,
+             "load_avg": os.getloadavg()[0], "quick": a.quick}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.read_text()) if out.exists() else []
+    out.write_text(json.dumps(old + [{**stamp, **r} for r in rows], indent=1, default=str) + "\n")
+    with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+        f.write(f"\n### CALM early exit ({'--quick, ' if a.quick else ''}{stamp['date']}, {stamp['machine']}, "
+                f"{a.threads} threads, load {stamp['load_avg']:.1f}, {took:.0f} s)\n\n"
+                f"`PYTHONPATH=. python benchmarks/_calm.py{' --quick' if a.quick else ''}`; delta "
+                f"{a.calm_delta}; char LM: task=pgbooks, {_opt(a, 'calm_charlm_layers', 6 if a.quick else 12)} "
+                "layers, greedy, consistency = share of characters equal to the full model's; speech: "
+                f"task=librispeech, Conformer-CTC {_opt(a, 'calm_speech_layers', 6 if a.quick else 8)} layers, "
+                "greedy CTC, consistency = 1 - mean per-utterance WER increase. Speedup: batch-1 wall time, "
+                "full model / early exit.\n\n" + table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
