@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsformer.attention.lsh import check_buckets, draw_rotations, lsh_attention, lsh_attention_reference, lsh_buckets
+from tsformer.attention.lsh import (
+    check_buckets,
+    draw_rotations,
+    lsh_attention,
+    lsh_attention_reference,
+    lsh_buckets,
+)
 from tsformer.nn.attention.base import AttentionLayer, AttentionSpec
 from tsformer.nn.decoding import KVCache
 
