@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
-from tsformer.nn.blocks import make_ffn
+from tsformer.nn.blocks import ReversibleCall, make_ffn, merge_pair, run_reversible
 from tsformer.nn.decoding import DecodeCache, KVCache
 from tsformer.nn.likelihoods import GaussianHead
 
@@ -43,11 +43,19 @@ class ConvTransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """``(B, L, d)`` -> ``(B, L, d)``; with a cache, ``x`` is the next positions."""
-        x = x + self.attn(self.ln1(x), lengths, cache=cache)
+        x = x + self.attn_branch(x, lengths, cache=cache)
+        return x + self.ff_branch(x, cache=cache)
+
+    def attn_branch(self, x: Tensor, lengths: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """The attention residual branch (also a reversible layer's ``F``)."""
+        return self.attn(self.ln1(x), lengths, cache=cache)
+
+    def ff_branch(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """The feed-forward residual branch (a reversible layer's ``G``); zero without one."""
         if self.ff is None:
-            return x
+            return torch.zeros_like(x)
         h = self.ln2(x)
-        return x + (self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
+        return self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h)
 
 
 def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int, n_heads: int, d_ff: int,
@@ -65,6 +73,20 @@ def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int
         )
         for i in range(n_layers)
     )
+
+
+def run_blocks(blocks: nn.ModuleList, x: Tensor, reversible: bool = False, cache: DecodeCache | None = None) -> Tensor:
+    """``x (B, L, d)`` through the blocks: a plain residual stack, or a reversible one
+    (Reformer, Sec. 4); with a cache, the next positions of incremental decoding."""
+    if reversible and cache is not None:
+        return merge_pair(cache.run([ReversibleCall(b) for b in blocks], torch.cat([x, x], dim=-1)))
+    if cache is not None:
+        return cache.run(blocks, x)
+    if reversible:
+        return run_reversible(blocks, x)
+    for block in blocks:
+        x = block(x)
+    return x
 
 
 class ConvTransformerForecaster(nn.Module):
@@ -89,6 +111,9 @@ class ConvTransformerForecaster(nn.Module):
             feature (code 0 = unknown); each gets its own embedding.
         static_embedding_dim: size of each static feature's embedding.
         ffn: ``mlp`` or ``none`` (see :class:`ConvTransformerBlock`).
+        reversible: reversible residual layers (Reformer, Sec. 4;
+            :func:`tsformer.nn.blocks.run_reversible`): activations are recomputed in the
+            backward instead of stored.
     """
 
     def __init__(
@@ -106,8 +131,10 @@ class ConvTransformerForecaster(nn.Module):
         static_cardinalities: list[int] | None = None,
         static_embedding_dim: int = 4,
         ffn: str = "mlp",
+        reversible: bool = False,
     ):
         super().__init__()
+        self.reversible = bool(reversible)
         self.num_series = num_series
         self.embed = nn.Embedding(max(num_series, 1), embedding_dim)
         cards = [int(c) for c in (static_cardinalities or [])]
@@ -132,9 +159,7 @@ class ConvTransformerForecaster(nn.Module):
             ``mu, sigma``: each ``(B, L)``.
         """
         x = self._embed(inputs, covariates, series, static)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln(x))
+        return self.head(self.ln(run_blocks(self.blocks, x, self.reversible)))
 
     def series_features(self, series: Tensor, static: Tensor | None = None) -> Tensor:
         """``(B, E)`` per-series input features: id embedding and static embeddings."""
@@ -185,7 +210,7 @@ class ConvTransformerForecaster(nn.Module):
         H = L - C1 + 1
         S = num_samples
         cache = DecodeCache.create(len(self.blocks), B, S, L)
-        x = cache.run(self.blocks, self._embed(inputs, covariates[:, :C1], series, static))
+        x = run_blocks(self.blocks, self._embed(inputs, covariates[:, :C1], series, static), self.reversible, cache)
         mu, sigma = self.head(self.ln(x[:, -1:]))
         mu, sigma = mu.repeat_interleave(S, 0), sigma.repeat_interleave(S, 0)
         sid = series.repeat_interleave(S, 0)
@@ -199,7 +224,7 @@ class ConvTransformerForecaster(nn.Module):
                 break
             pos = C1 + h
             cov = covariates[:, pos : pos + 1].repeat_interleave(S, 0)
-            xt = cache.run(self.blocks, self._embed(draw[:, None], cov, sid, sst))
+            xt = run_blocks(self.blocks, self._embed(draw[:, None], cov, sid, sst), self.reversible, cache)
             mu, sigma = self.head(self.ln(xt))
         return torch.stack(out, dim=1).view(B, S, H)
 

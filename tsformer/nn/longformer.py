@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.attention.base import rename_keys
-from tsformer.nn.blocks import make_ffn
+from tsformer.nn.blocks import ReversibleCall, make_ffn, merge_pair, run_reversible
 from tsformer.nn.decoding import DecodeCache, KVCache
 
 
@@ -72,13 +72,21 @@ class LongformerLayer(nn.Module):
                 cache: KVCache | None = None, memory: Tensor | None = None) -> Tensor:
         """``memory``: this layer's input hidden states of earlier segments (Transformer-XL),
         normalised here like the segment's."""
-        mem = None if memory is None else self.norm1(memory)
-        kw = {} if mem is None else {"memory": mem}
-        x = x + self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache, **kw))
+        x = x + self.attn_branch(x, lengths, global_idx, cache=cache, memory=memory)
+        return x + self.ff_branch(x, cache=cache)
+
+    def attn_branch(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
+                    cache: KVCache | None = None, memory: Tensor | None = None) -> Tensor:
+        """The attention residual branch (also a reversible layer's ``F``)."""
+        kw = {} if memory is None else {"memory": self.norm1(memory)}
+        return self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache, **kw))
+
+    def ff_branch(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """The feed-forward residual branch (a reversible layer's ``G``); zero without one."""
         if self.ff is None:
-            return x
+            return torch.zeros_like(x)
         h = self.norm2(x)
-        return x + self.drop(self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
+        return self.drop(self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
 
 
 class LongformerEncoder(nn.Module):
@@ -99,14 +107,18 @@ class LongformerEncoder(nn.Module):
         truncate: keep only the first ``truncate`` tokens (None: all).
         dropout: residual and embedding dropout.
         ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        reversible: reversible residual layers (Reformer, Sec. 4;
+            :func:`tsformer.nn.blocks.run_reversible`): activations are recomputed in the
+            backward instead of stored, so training memory does not grow with depth.
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_heads: int = 4, n_layers: int = 2, d_ff: int = 256,
                  window: int | Sequence[int] = 256, dilation: int | Sequence[int] = 1, dilated_heads: int = 0,
                  max_tokens: int = 4096, positions: str = "learned", one_sided: bool = False,
                  attention: dict | None = None, truncate: int | None = None, dropout: float = 0.1,
-                 ffn: str = "mlp"):
+                 ffn: str = "mlp", reversible: bool = False):
         super().__init__()
+        self.reversible = bool(reversible)
         attention = {"positions": positions, **dict(attention or {})}
         self.positions = attention["positions"] = attention.pop("pos", attention["positions"])
         self.max_tokens, self.truncate = int(max_tokens), truncate
@@ -154,8 +166,13 @@ class LongformerEncoder(nn.Module):
         if self.pos is not None:
             x = x + self.pos.weight[start : start + L]
         x = self.drop(x)
+        if cache is not None and self.reversible:
+            pair = cache.run([ReversibleCall(layer) for layer in self.layers], torch.cat([x, x], dim=-1))
+            return self.norm(merge_pair(pair))
         if cache is not None:
             return self.norm(cache.run(self.layers, x))
+        if self.reversible:
+            return self.norm(run_reversible(self.layers, x, lengths, global_idx))
         for layer in self.layers:
             x = layer(x, lengths, global_idx)
         return self.norm(x)
@@ -280,6 +297,9 @@ class LongformerCharLM(nn.Module):
         self.memory_length = int(memory.get("length") or 0)
         self.eval_memory_length = int(memory.get("eval_length") or self.memory_length)
         if self.memory_length or self.eval_memory_length:
+            if self.encoder.reversible:
+                raise ValueError("model.memory cannot be combined with model.reversible=true: the segment memory "
+                                 "keeps every layer's input, which reversible layers recompute instead of storing")
             if self.encoder.positions == "learned":
                 raise ValueError("model.memory needs relative positions (xl, rotary, alibi, relative or none): "
                                  "a learned table cannot place memory positions before the segment")
