@@ -128,15 +128,15 @@ class _ReversibleStack(torch.autograd.Function):
         return y
 
     @staticmethod
-    def _replay(ctx, state, device, fn, x):
-        """``fn(x)`` with the generator as it was in the forward, the outer one untouched."""
+    def _replay(ctx, state, device, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` with the generator as it was in the forward, the outer one untouched."""
         cuda = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), torch.autocast(device.type, dtype=ctx.autocast[1],
                                                                   enabled=ctx.autocast[0]):
             torch.set_rng_state(state[0])
             if cuda:
                 torch.cuda.set_rng_state(state[1], device)
-            return fn(x)
+            return fn(*args, **kwargs)
 
     @staticmethod
     def backward(ctx, dy):
@@ -155,7 +155,7 @@ class _ReversibleStack(torch.autograd.Function):
                 y1 = y1.detach()
             with torch.enable_grad():
                 x2.requires_grad_(True)
-                f = _ReversibleStack._replay(ctx, sf, dev, lambda t: block.attn_branch(t, *ctx.args, **ctx.kwargs), x2)
+                f = _ReversibleStack._replay(ctx, sf, dev, block.attn_branch, x2, *ctx.args, **ctx.kwargs)
                 torch.autograd.backward(f, dy1)
             with torch.no_grad():
                 x1 = y1 - f
