@@ -138,7 +138,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     if args.no_record:
         return
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     load = os.getloadavg()[0]
     machine = f"{platform.node() or platform.machine()}, {args.device}, {args.threads} threads, load {load:.1f}"
     out = ROOT / "benchmarks/results/duplication.json"

@@ -152,7 +152,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     if args.no_record:
         return
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     machine = f"{platform.node() or platform.machine()}, {args.device}, {args.threads} threads, load {os.getloadavg()[0]:.1f}"
     (ROOT / "benchmarks/results/reversible.json").write_text(json.dumps(
         {"date": stamp, "machine": machine, "quick": args.quick, "config": cfg, "rows": rows}, indent=1) + "\n")
