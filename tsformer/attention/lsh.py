@@ -146,18 +146,23 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: i
     qc, kc, vc = gather(q), gather(k), gather(v)
     qpos, qb = slot_pos.view(B, H, R, -1, chunk), slot_b.view(B, H, R, -1, chunk)
     kpos, kb = look_back(qpos, -1), look_back(qb, -1)
-    kc, vc = look_back(kc, 0.0), look_back(vc, 0.0)
-    scores = _wide(torch.matmul(qc, kc.transpose(-1, -2))) * scale  # (B, H, R, n, c, 2c)
+    # Scores against the previous chunk through shifted views (the keys are not copied);
+    # chunk 0 has no previous chunk (its look-back keys are empty slots, masked below).
+    prev = _wide(torch.matmul(qc[:, :, :, 1:], kc[:, :, :, :-1].transpose(-1, -2)))
+    prev = torch.cat([prev.new_zeros(B, H, R, 1, chunk, chunk), prev], dim=3)
+    scores = torch.cat([prev, _wide(torch.matmul(qc, kc.transpose(-1, -2)))], dim=-1) * scale  # (B, H, R, n, c, 2c)
     allowed = (kpos[..., None, :] >= 0) & (kb[..., None, :] == qb[..., :, None])
     if causal:
         allowed &= kpos[..., None, :] <= qpos[..., :, None]
-    scores = scores.masked_fill(~allowed, MASKED)
-    scores = scores.masked_fill(allowed & (kpos[..., None, :] == qpos[..., :, None]), SELF_SCORE)
+    scores.masked_fill_(~allowed, MASKED)
+    scores.masked_fill_(allowed & (kpos[..., None, :] == qpos[..., :, None]), SELF_SCORE)
     lse = scores.logsumexp(dim=-1, keepdim=True)
     probs = torch.exp(scores - lse).to(v.dtype)
     if dropout_p > 0:
         probs = torch.nn.functional.dropout(probs, p=dropout_p)
-    out = torch.matmul(probs, vc).view(B, H, R, T, -1)
+    out = torch.matmul(probs[..., chunk:], vc)
+    out_prev = torch.matmul(probs[:, :, :, 1:, :, :chunk], vc[:, :, :, :-1])
+    out = torch.cat([out[:, :, :, :1], out[:, :, :, 1:] + out_prev], dim=3).view(B, H, R, T, -1)
     # Back to positions: the slot of each position (padding reads slot 0 and is zeroed).
     where = torch.empty_like(dest).scatter_(-1, order, dest).clamp(max=T - 1)
     out = out.gather(3, where[..., None].expand(-1, -1, -1, -1, out.shape[-1]))
