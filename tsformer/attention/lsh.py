@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 SELF_SCORE = -1e5
 """Score of a position against itself (Sec. 3: attend to oneself only when nothing else is
@@ -94,9 +95,15 @@ def combine_rounds(out: Tensor, lse: Tensor) -> Tensor:
     return (out * w[..., None].to(out.dtype)).sum(dim=2)
 
 
+BLOCK_SCORES = 2**24
+"""Largest score volume (heads x rounds x slots x 2 chunk) computed in one piece; above it
+:func:`lsh_attention` runs head by head and round by round, each piece recomputed in the
+backward (activation checkpointing), so memory stays O(L) in the sequence length."""
+
+
 def lsh_attention(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: int, chunk: int, *,
                   causal: bool = False, lengths: Tensor | None = None, scale: float | None = None,
-                  dropout_p: float = 0.0) -> Tensor:
+                  dropout_p: float = 0.0, max_block_scores: int = BLOCK_SCORES) -> Tensor:
     """Sorted, chunked LSH attention: O(R L chunk) time and memory.
 
     Args:
@@ -108,6 +115,7 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: i
         lengths: ``(B,)`` valid positions, or None.
         scale: score scale (default ``D ** -0.5``).
         dropout_p: dropout on the attention probabilities.
+        max_block_scores: see :data:`BLOCK_SCORES`.
     Returns:
         ``(B, H, L, Dv)``; zeros at padded positions.
     """
@@ -116,8 +124,29 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: i
     if chunk < 1:
         raise ValueError(f"LSH chunk must be >= 1, got {chunk}")
     scale = D**-0.5 if scale is None else scale
+    valid = _valid(lengths, B, L, q.device)
+    if B * H * R * (L + n_buckets * chunk) * 2 * chunk <= max_block_scores:
+        out, lse = _lsh_rounds(q, k, v, buckets, n_buckets, chunk, causal, valid, scale, dropout_p)
+    else:  # one head and round at a time, recomputed in the backward
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        pieces = [[None] * R for _ in range(H)]
+        for h in range(H):
+            for r in range(R):
+                args = (q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], buckets[:, h : h + 1, r : r + 1], n_buckets,
+                        chunk, causal, valid, scale, dropout_p)
+                pieces[h][r] = (checkpoint(_lsh_rounds, *args, use_reentrant=False) if grad else _lsh_rounds(*args))
+        out = torch.cat([torch.cat([o for o, _ in row], dim=2) for row in pieces], dim=1)
+        lse = torch.cat([torch.cat([s for _, s in row], dim=2) for row in pieces], dim=1)
+    return combine_rounds(out, lse) * valid[:, None, :, None].to(out.dtype)
+
+
+def _lsh_rounds(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: int, chunk: int, causal: bool,
+                valid: Tensor, scale: float, dropout_p: float) -> tuple[Tensor, Tensor]:
+    """Each round's output ``(B, H, R, L, Dv)`` and log-sum-exp ``(B, H, R, L)`` (see
+    :func:`lsh_attention`)."""
+    B, H, L, D = q.shape
+    R = buckets.shape[2]
     dev = q.device
-    valid = _valid(lengths, B, L, dev)
     b = buckets.masked_fill(~valid[:, None, None, :], n_buckets)  # padding: an extra, unplaced bucket
     pos = torch.arange(L, device=dev)
     order = (b * L + pos).argsort(dim=-1)  # sorted index -> position, sorted by (bucket, position)
@@ -166,8 +195,7 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: i
     # Back to positions: the slot of each position (padding reads slot 0 and is zeroed).
     where = torch.empty_like(dest).scatter_(-1, order, dest).clamp(max=T - 1)
     out = out.gather(3, where[..., None].expand(-1, -1, -1, -1, out.shape[-1]))
-    lse = lse.view(B, H, R, T).gather(3, where)
-    return combine_rounds(out, lse) * valid[:, None, :, None].to(out.dtype)
+    return out, lse.view(B, H, R, T).gather(3, where)
 
 
 def bucket_ranks(buckets: Tensor, valid: Tensor, n_buckets: int) -> Tensor:
@@ -217,6 +245,7 @@ def lsh_attention_reference(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_
 
 
 __all__ = [
+    "BLOCK_SCORES",
     "MASKED",
     "SELF_SCORE",
     "bucket_ranks",
