@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
-from tsformer.nn.blocks import make_ffn
+from tsformer.nn.blocks import ReversibleCall, make_ffn, merge_pair, run_reversible
 from tsformer.nn.decoding import DecodeCache, KVCache, decode_values
 from tsformer.nn.likelihoods import GaussianHead
 
@@ -43,11 +43,19 @@ class ConvTransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """``(B, L, d)`` -> ``(B, L, d)``; with a cache, ``x`` is the next positions."""
-        x = x + self.attn(self.ln1(x), lengths, cache=cache)
+        x = x + self.attn_branch(x, lengths, cache=cache)
+        return x + self.ff_branch(x, cache=cache)
+
+    def attn_branch(self, x: Tensor, lengths: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """The attention residual branch (also a reversible layer's ``F``)."""
+        return self.attn(self.ln1(x), lengths, cache=cache)
+
+    def ff_branch(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """The feed-forward residual branch (a reversible layer's ``G``); zero without one."""
         if self.ff is None:
-            return x
+            return torch.zeros_like(x)
         h = self.ln2(x)
-        return x + (self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
+        return self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h)
 
     def fill_cache(self, x: Tensor, cache: KVCache) -> None:
         """State propagation for early exit (:func:`tsformer.nn.early_exit.propagate`): keys
@@ -74,6 +82,20 @@ def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int
     )
 
 
+def run_blocks(blocks: nn.ModuleList, x: Tensor, reversible: bool = False, cache: DecodeCache | None = None) -> Tensor:
+    """``x (B, L, d)`` through the blocks: a plain residual stack, or a reversible one
+    (Reformer, Sec. 4); with a cache, the next positions of incremental decoding."""
+    if reversible and cache is not None:
+        return merge_pair(cache.run([ReversibleCall(b) for b in blocks], torch.cat([x, x], dim=-1)))
+    if cache is not None:
+        return cache.run(blocks, x)
+    if reversible:
+        return run_reversible(blocks, x)
+    for block in blocks:
+        x = block(x)
+    return x
+
+
 class ConvTransformerForecaster(nn.Module):
     """Probabilistic autoregressive forecaster (Li et al. 2019).
 
@@ -96,6 +118,9 @@ class ConvTransformerForecaster(nn.Module):
             feature (code 0 = unknown); each gets its own embedding.
         static_embedding_dim: size of each static feature's embedding.
         ffn: ``mlp`` or ``none`` (see :class:`ConvTransformerBlock`).
+        reversible: reversible residual layers (Reformer, Sec. 4;
+            :func:`tsformer.nn.blocks.run_reversible`): activations are recomputed in the
+            backward instead of stored.
     """
 
     def __init__(
@@ -113,8 +138,10 @@ class ConvTransformerForecaster(nn.Module):
         static_cardinalities: list[int] | None = None,
         static_embedding_dim: int = 4,
         ffn: str = "mlp",
+        reversible: bool = False,
     ):
         super().__init__()
+        self.reversible = bool(reversible)
         self.num_series = num_series
         self.embed = nn.Embedding(max(num_series, 1), embedding_dim)
         cards = [int(c) for c in (static_cardinalities or [])]
@@ -139,14 +166,15 @@ class ConvTransformerForecaster(nn.Module):
             ``mu, sigma``: each ``(B, L)``.
         """
         x = self._embed(inputs, covariates, series, static)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln(x))
+        return self.head(self.ln(run_blocks(self.blocks, x, self.reversible)))
 
     def hidden_states(self, inputs: Tensor, covariates: Tensor, series: Tensor,
                       static: Tensor | None = None) -> list[Tensor]:
         """Every block's output ``(B, L, d)`` (arguments as :meth:`forward`): the states
         CALM's per-layer heads (:meth:`readout`) and exit classifier read."""
+        if self.reversible:
+            raise ValueError("per-layer outputs (module.exit_heads) need the plain residual stack; "
+                             "model.reversible=true carries two streams per block")
         x = self._embed(inputs, covariates, series, static)
         out = []
         for block in self.blocks:
@@ -218,8 +246,10 @@ class ConvTransformerForecaster(nn.Module):
             # Parallel decoding needs every path's noise up front.
             noise = torch.randn(B, S, H, generator=generator, device=inputs.device, dtype=inputs.dtype)
         cache = DecodeCache.create(len(self.blocks), B, S, L)
+        if early_exit is not None and self.reversible:
+            raise ValueError("early exit (CALM) needs the plain residual stack, not model.reversible=true")
         cache.early_exit = early_exit
-        x = cache.run(self.blocks, self._embed(inputs, covariates[:, :C1], series, static))
+        x = run_blocks(self.blocks, self._embed(inputs, covariates[:, :C1], series, static), self.reversible, cache)
         mu, sigma = self.head(self.ln(x[:, -1:]))
         sid = series.repeat_interleave(S, 0)
         eps = None if noise is None else noise.reshape(B * S, H)
@@ -232,7 +262,7 @@ class ConvTransformerForecaster(nn.Module):
             pos = C1 + start
             m = prev.shape[1]
             cov = covariates[:, pos : pos + m].repeat_interleave(S, 0)
-            mu, sigma = self.head(self.ln(cache.run(self.blocks, self._embed(prev, cov, sid, sst))))
+            mu, sigma = self.head(self.ln(run_blocks(self.blocks, self._embed(prev, cov, sid, sst), self.reversible, cache)))
             return GaussianHead.sample(mu, sigma, generator, None if eps is None else eps[:, start + 1 : start + 1 + m])
 
         out, _ = decode_values(step, first, H, cache, decode)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.attention.base import rename_keys
-from tsformer.nn.blocks import make_ffn
+from tsformer.nn.blocks import ReversibleCall, make_ffn, merge_pair, run_reversible
 from tsformer.nn.decoding import DecodeCache, KVCache
 from tsformer.nn.precision import AUTOCAST, FP32LayerNorm
 from tsformer.nn.precision import autocast as autocast_context
@@ -76,15 +76,25 @@ class LongformerLayer(nn.Module):
         """``memory``: this layer's input hidden states of earlier segments (Transformer-XL),
         normalised here like the segment's. ``packing``: ``x`` is ``(T, E)``, the packed real
         tokens (``model.unpad``); attention re-pads them (:meth:`AttentionLayer.forward_packed`)."""
-        mem = None if memory is None else self.norm1(memory)
-        kw = {} if mem is None else {"memory": mem}
+        x = x + self.attn_branch(x, lengths, global_idx, cache=cache, memory=memory, packing=packing)
+        return x + self.ff_branch(x, cache=cache)
+
+    def attn_branch(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
+                    cache: KVCache | None = None, memory: Tensor | None = None,
+                    packing: Packing | None = None) -> Tensor:
+        """The attention residual branch (also a reversible layer's ``F``)."""
         h = self.norm1(x)
-        x = x + self.drop(self.attn(h, lengths, global_idx, cache=cache, **kw) if packing is None
-                          else self.attn.forward_packed(h, packing, global_idx))
+        if packing is not None:
+            return self.drop(self.attn.forward_packed(h, packing, global_idx))
+        kw = {} if memory is None else {"memory": self.norm1(memory)}
+        return self.drop(self.attn(h, lengths, global_idx, cache=cache, **kw))
+
+    def ff_branch(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """The feed-forward residual branch (a reversible layer's ``G``); zero without one."""
         if self.ff is None:
-            return x
+            return torch.zeros_like(x)
         h = self.norm2(x)
-        return x + self.drop(self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
+        return self.drop(self.ff(h, cache=cache) if getattr(self.ff, "takes_cache", False) else self.ff(h))
 
     def fill_cache(self, x: Tensor, cache: KVCache) -> None:
         """State propagation for early exit (:func:`tsformer.nn.early_exit.propagate`): this
@@ -118,13 +128,16 @@ class LongformerEncoder(nn.Module):
             attention still sees each document's own tokens. Bidirectional encoders only.
         autocast: ``bf16``: run under bf16 autocast where the device has native bf16
             (:func:`tsformer.nn.precision.bf16_available`); LayerNorm statistics stay fp32.
+        reversible: reversible residual layers (Reformer, Sec. 4;
+            :func:`tsformer.nn.blocks.run_reversible`): activations are recomputed in the
+            backward instead of stored, so training memory does not grow with depth.
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_heads: int = 4, n_layers: int = 2, d_ff: int = 256,
                  window: int | Sequence[int] = 256, dilation: int | Sequence[int] = 1, dilated_heads: int = 0,
                  max_tokens: int = 4096, positions: str = "learned", one_sided: bool = False,
                  attention: dict | None = None, truncate: int | None = None, dropout: float = 0.1,
-                 ffn: str = "mlp", unpad: bool = False, autocast: str | None = None):
+                 ffn: str = "mlp", unpad: bool = False, autocast: str | None = None, reversible: bool = False):
         super().__init__()
         if unpad and one_sided:
             raise ValueError("model.unpad needs a bidirectional encoder on padded batches; the character LM "
@@ -132,9 +145,12 @@ class LongformerEncoder(nn.Module):
         if unpad and ffn == "rwkv":
             raise ValueError("model.unpad cannot take model.ffn=rwkv: its token shift reads the previous "
                              "position of the padded layout, which packing removes")
+        if unpad and reversible:
+            raise ValueError("model.unpad and model.reversible cannot be combined yet: the packed path runs "
+                             "the plain residual stack")
         if autocast not in AUTOCAST:
             raise ValueError(f"model.autocast={autocast!r}; choose one of {AUTOCAST}")
-        self.unpad, self.autocast = bool(unpad), autocast
+        self.unpad, self.autocast, self.reversible = bool(unpad), autocast, bool(reversible)
         attention = {"positions": positions, **dict(attention or {})}
         self.positions = attention["positions"] = attention.pop("pos", attention["positions"])
         self.max_tokens, self.truncate = int(max_tokens), truncate
@@ -199,8 +215,13 @@ class LongformerEncoder(nn.Module):
             self.check_length(tokens.shape[1], start, cached=False)
             return self._forward_packed(tokens, Packing.from_lengths(lengths, tokens.shape[1]), global_idx)
         x = self.embed_tokens(tokens, start, cache is not None)
+        if cache is not None and self.reversible:
+            pair = cache.run([ReversibleCall(layer) for layer in self.layers], torch.cat([x, x], dim=-1))
+            return self.norm(merge_pair(pair))
         if cache is not None:
             return self.norm(cache.run(self.layers, x))
+        if self.reversible:
+            return self.norm(run_reversible(self.layers, x, lengths, global_idx))
         for layer in self.layers:
             x = layer(x, lengths, global_idx)
         return self.norm(x)
@@ -336,6 +357,9 @@ class LongformerCharLM(nn.Module):
         self.memory_length = int(memory.get("length") or 0)
         self.eval_memory_length = int(memory.get("eval_length") or self.memory_length)
         if self.memory_length or self.eval_memory_length:
+            if self.encoder.reversible:
+                raise ValueError("model.memory cannot be combined with model.reversible=true: the segment memory "
+                                 "keeps every layer's input, which reversible layers recompute instead of storing")
             if self.encoder.positions == "learned":
                 raise ValueError("model.memory needs relative positions (xl, rotary, alibi, relative or none): "
                                  "a learned table cannot place memory positions before the segment")
@@ -387,6 +411,9 @@ class LongformerCharLM(nn.Module):
         states CALM's per-layer heads (:meth:`readout`) and exit classifier read."""
         if self.uses_memory:
             raise ValueError("per-layer outputs (module.exit_heads) are not available with model.memory")
+        if self.encoder.reversible:
+            raise ValueError("per-layer outputs (module.exit_heads) need the plain residual stack; "
+                             "model.reversible=true carries two streams per layer")
         x = self.encoder.embed_tokens(tokens)
         out = []
         for layer in self.encoder.layers:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsformer.nn.conv_transformer import conv_blocks
+from tsformer.nn.conv_transformer import conv_blocks, run_blocks
 
 
 class PatchForecaster(nn.Module):
@@ -38,6 +38,7 @@ class PatchForecaster(nn.Module):
         linear_skip: add a linear look-back -> horizon path.
         attention: ``model.attention``: ``type`` (default ``conv``), ``pattern`` (default
             ``logsparse``; ``causal``, ``full``, ``window``), its options, ``kernel``, ``positions``.
+        reversible: reversible residual layers (Reformer, Sec. 4).
     """
 
     def __init__(
@@ -56,8 +57,10 @@ class PatchForecaster(nn.Module):
         linear_skip: bool = True,
         attention: dict[str, Any] | None = None,
         ffn: str = "mlp",
+        reversible: bool = False,
     ):
         super().__init__()
+        self.reversible = bool(reversible)
         if context_length < patch_len:
             raise ValueError(f"context_length={context_length} is shorter than patch_len={patch_len}")
         self.context_length, self.horizon = context_length, horizon
@@ -82,8 +85,7 @@ class PatchForecaster(nn.Module):
         zp = F.pad(z[:, None], (0, self.stride), mode="replicate")[:, 0]
         patches = zp.unfold(-1, self.patch_len, self.stride)  # (B, P, patch_len)
         h = self.drop(self.embed(patches) + self.pos)
-        for block in self.blocks:
-            h = block(h)
+        h = run_blocks(self.blocks, h, self.reversible)
         y = self.head(self.head_drop(self.ln(h).flatten(1)))
         if self.skip is not None:
             y = y + self.skip(z)
