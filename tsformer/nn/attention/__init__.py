@@ -17,6 +17,7 @@ key goes to that type's constructor. Layers share one calling convention,
 ``mqa``        :class:`MultiQueryAttention`            Shazeer 2019
 ``linformer``  :class:`LinformerAttention`             Wang et al. 2020
 ``rwkv``       :class:`RWKVTimeMix`                    Peng et al. 2023 (RWKV-4)
+``performer``  :class:`PerformerAttention`              Choromanski et al. 2021 (FAVOR+)
 =============  ======================================  ============================
 """
 
@@ -33,6 +34,7 @@ from tsformer.nn.attention.longformer import LongformerSelfAttention
 from tsformer.nn.attention.lsra import LSRA, DynamicConv, LightweightConv
 from tsformer.nn.attention.mhsa import MultiHeadSelfAttention
 from tsformer.nn.attention.mqa import MultiQueryAttention
+from tsformer.nn.attention.performer import PerformerAttention
 from tsformer.nn.attention.positions import POSITIONS, Positions, alibi_slopes
 from tsformer.nn.attention.rwkv import RWKVTimeMix
 
@@ -44,6 +46,7 @@ ATTENTION_LAYERS: dict[str, type[AttentionLayer]] = {
     "mqa": MultiQueryAttention,
     "linformer": LinformerAttention,
     "rwkv": RWKVTimeMix,
+    "performer": PerformerAttention,
 }
 """Attention layer types by config name (``model.attention.type``)."""
 
@@ -101,6 +104,8 @@ def build_attention(
     asked = set() if isinstance(cfg, AttentionSpec) else {k for k, v in dict(cfg or {}).items() if v is not None}
     if cls.patterns is not None and "pattern" not in asked and base.get("pattern") not in cls.patterns:
         base.pop("pattern", None)  # the network's usual pattern does not fit this type: the type's own default
+        if causal and "causal" in cls.patterns:
+            base["pattern"] = "causal"  # a decoder: the type's causal form
     spec = AttentionSpec.from_config(cfg, **{**cls.defaults, **base, "type": kind})
     if causal:
         if not cls.causal_capable:
@@ -133,6 +138,7 @@ __all__ = [
     "LongformerSelfAttention",
     "MultiHeadSelfAttention",
     "MultiQueryAttention",
+    "PerformerAttention",
     "Positions",
     "RWKVTimeMix",
     "alibi_slopes",
