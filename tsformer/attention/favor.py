@@ -164,24 +164,29 @@ def causal_linear_attention(qf: Tensor, kf: Tensor, v: Tensor, state: State | No
     return out, (S_before[:, :, -1] + dS[:, :, -1], z_before[:, :, -1] + dz[:, :, -1])
 
 
-def _key_sums(k: Tensor, v: Tensor, w: Tensor, valid: Tensor | None, kind: str, shift: Tensor) -> State:
-    kf = softmax_features(k, w, kind, shift=shift)
+# The blocks scale q and k themselves (``scale = d^-1/4``): scaling the whole sequence first
+# would keep two more full-size tensors alive through the pass.
+
+
+def _key_sums(k: Tensor, v: Tensor, w: Tensor, valid: Tensor | None, kind: str, shift: Tensor,
+              scale: float) -> State:
+    kf = softmax_features(k * scale, w, kind, shift=shift)
     if valid is not None:
         kf = kf * valid[:, None, :, None]
     return torch.matmul(kf.transpose(-1, -2), v), kf.sum(-2)
 
 
-def _query_out(q: Tensor, w: Tensor, kind: str, S: Tensor, z: Tensor) -> Tensor:
-    qf = softmax_features(q, w, kind, query=True)
+def _query_out(q: Tensor, w: Tensor, kind: str, S: Tensor, z: Tensor, scale: float) -> Tensor:
+    qf = softmax_features(q * scale, w, kind, query=True)
     return _divide(torch.matmul(qf, S), torch.matmul(qf, z[..., None])[..., 0])
 
 
 def _causal_block(q: Tensor, k: Tensor, v: Tensor, w: Tensor, valid: Tensor | None, kind: str, shift: Tensor,
-                  S: Tensor, z: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
-    kf = softmax_features(k, w, kind, shift=shift)
+                  S: Tensor, z: Tensor, chunk: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    kf = softmax_features(k * scale, w, kind, shift=shift)
     if valid is not None:
         kf = kf * valid[:, None, :, None]
-    out, (S, z) = causal_linear_attention(softmax_features(q, w, kind, query=True), kf, v, (S, z), chunk)
+    out, (S, z) = causal_linear_attention(softmax_features(q * scale, w, kind, query=True), kf, v, (S, z), chunk)
     return out, S, z
 
 
@@ -219,39 +224,37 @@ def favor_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool 
     if dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
     scale = q.shape[-1] ** -0.25  # q . k / sqrt(d) = (q d^-1/4) . (k d^-1/4)
-    q, k, w = q * scale, k * scale, w.to(q.dtype)
+    w = w.to(q.dtype)
     vmask = None if valid is None else valid.to(q.dtype)
     if kind == "positive":
         shift = key_shift(w)
     else:  # the largest key norm among the valid keys (a constant for every key)
-        sq = k.detach().square().sum(-1) / 2
+        sq = k.detach().square().sum(-1) * scale**2 / 2
         if valid is not None:
             sq = sq.masked_fill(~valid[:, None, :], float("-inf"))
         shift = sq.amax().clamp_min(0.0)
     B, H, L, _ = q.shape
     step = max(chunk, block // chunk * chunk) if causal else max(1, block)
-    spans = [(s, min(L, s + step)) for s in range(0, L, step)] or [(0, 0)]
-    recompute = torch.is_grad_enabled() and len(spans) > 1
+    # One split per input rather than slices: a slice's backward writes a full-size gradient.
+    qs, ks, vs = (t.split(step, dim=2) for t in (q, k, v)) if L else ((q,), (k,), (v,))
+    masks = [None] * len(qs) if vmask is None else list(vmask.split(step, dim=1) if L else (vmask,))
+    recompute = torch.is_grad_enabled() and len(qs) > 1
 
     def run(fn, *args):
         return checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args)
 
-    def part(t: Tensor | None, s: int, e: int) -> Tensor | None:
-        return None if t is None else t[..., s:e] if t.dim() == 2 else t[:, :, s:e]
-
     if causal:
         S, z = state if state is not None else (q.new_zeros(B, H, w.shape[0], v.shape[-1]), q.new_zeros(B, H, w.shape[0]))
         outs = []
-        for s, e in spans:
-            o, S, z = run(_causal_block, part(q, s, e), part(k, s, e), part(v, s, e), w, part(vmask, s, e), kind,
-                          shift, S, z, chunk)
+        for qb, kb, vb, mb in zip(qs, ks, vs, masks):
+            o, S, z = run(_causal_block, qb, kb, vb, w, mb, kind, shift, S, z, chunk, scale)
             outs.append(o)
         return torch.cat(outs, 2).to(dtype), (S, z)
     S = z = None
-    for s, e in spans:
-        dS, dz = run(_key_sums, part(k, s, e), part(v, s, e), w, part(vmask, s, e), kind, shift)
+    for kb, vb, mb in zip(ks, vs, masks):
+        dS, dz = run(_key_sums, kb, vb, w, mb, kind, shift, scale)
         S, z = (dS, dz) if S is None else (S + dS, z + dz)
-    outs = [run(_query_out, part(q, s, e), w, kind, S, z) for s, e in spans]
+    outs = [run(_query_out, qb, w, kind, S, z, scale) for qb in qs]
     return torch.cat(outs, 2).to(dtype), None
 
 
