@@ -155,6 +155,8 @@ def test_redraw_on_schedule_in_training_and_never_in_evaluation():
     assert torch.equal(layer.projection, before)
     state = layer.state_dict()
     assert "projection" in state and int(state["calls"]) == 1  # the features travel with a checkpoint
+    every = PerformerAttention(16, 2, features=8, redraw=1)  # a redraw between forward and backward
+    (every(x).sum() + every(x).sum()).backward()  # the first graph keeps its own features
     never = PerformerAttention(16, 2, features=8, redraw=0)
     w = never.projection.clone()
     for _ in range(4):

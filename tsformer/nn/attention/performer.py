@@ -75,7 +75,9 @@ class PerformerAttention(AttentionLayer):
     def redraw_features(self) -> None:
         """Draw a new projection (from torch's global generator) and restart the count."""
         w = gaussian_projection(self.features, self.head_dim, self.orthogonal, device=self.projection.device)
-        self.projection.copy_(w)
+        # A new tensor, not an in-place copy: a graph still holding the old features (its
+        # backward recomputes blocks from them) stays valid.
+        self.projection = w.to(self.projection.dtype)
         self.calls.zero_()
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, global_idx: Sequence[int] = (),
