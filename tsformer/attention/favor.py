@@ -33,7 +33,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 FEATURE_KINDS = ("positive", "trig")
 """``positive``: Lemma 1's ``exp(w^T x - |x|^2/2)`` (FAVOR+); ``trig``: ``sin``/``cos`` features."""
@@ -196,8 +195,8 @@ def favor_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool 
     """FAVOR+ attention approximating ``softmax(q k^T / sqrt(d)) v``.
 
     The sequence runs in blocks of ``block`` positions; when gradients are needed and there
-    is more than one block, each block is recomputed in the backward pass (activation
-    checkpointing), so memory stays ``O(block m)`` rather than ``O(L m)`` features.
+    is more than one block, the backward pass recomputes one block at a time
+    (:class:`_Blockwise`), so memory holds ``O(block m)`` features, not ``O(L m)``.
     Half-precision inputs are computed in fp32.
 
     Args:
@@ -235,27 +234,100 @@ def favor_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool 
         shift = sq.amax().clamp_min(0.0)
     B, H, L, _ = q.shape
     step = max(chunk, block // chunk * chunk) if causal else max(1, block)
-    # One split per input rather than slices: a slice's backward writes a full-size gradient.
-    qs, ks, vs = (t.split(step, dim=2) for t in (q, k, v)) if L else ((q,), (k,), (v,))
-    masks = [None] * len(qs) if vmask is None else list(vmask.split(step, dim=1) if L else (vmask,))
-    recompute = torch.is_grad_enabled() and len(qs) > 1
+    spans = [(a, min(L, a + step)) for a in range(0, L, step)] or [(0, 0)]
+    if state is None and causal:
+        state = (q.new_zeros(B, H, w.shape[0], v.shape[-1]), q.new_zeros(B, H, w.shape[0]))
+    args = (w, vmask, kind, shift, causal, chunk, spans, scale)
+    if len(spans) > 1 and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *(state or ()))):
+        out, S, z = _Blockwise.apply(q, k, v, *(state or (None, None)), *args)
+    else:
+        out, S, z = _blockwise(q, k, v, state, *args)
+    return out.to(dtype), ((S, z) if causal else None)
 
-    def run(fn, *args):
-        return checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args)
+
+def _blockwise(q, k, v, state, w, vmask, kind, shift, causal, chunk, spans, scale, keep=None):
+    """The blocks one after the other (differentiable as they stand); ``keep`` collects the
+    causal state before each block, or the bidirectional sums, for :class:`_Blockwise`."""
+    def part(t, a, e):
+        return None if t is None else t[..., a:e] if t.dim() == 2 else t[:, :, a:e]
 
     if causal:
-        S, z = state if state is not None else (q.new_zeros(B, H, w.shape[0], v.shape[-1]), q.new_zeros(B, H, w.shape[0]))
+        S, z = state
         outs = []
-        for qb, kb, vb, mb in zip(qs, ks, vs, masks):
-            o, S, z = run(_causal_block, qb, kb, vb, w, mb, kind, shift, S, z, chunk, scale)
+        for a, e in spans:
+            if keep is not None:
+                keep.append((S, z))
+            o, S, z = _causal_block(part(q, a, e), part(k, a, e), part(v, a, e), w, part(vmask, a, e), kind, shift,
+                                    S, z, chunk, scale)
             outs.append(o)
-        return torch.cat(outs, 2).to(dtype), (S, z)
+        return torch.cat(outs, 2), S, z
     S = z = None
-    for kb, vb, mb in zip(ks, vs, masks):
-        dS, dz = run(_key_sums, kb, vb, w, mb, kind, shift, scale)
+    for a, e in spans:
+        dS, dz = _key_sums(part(k, a, e), part(v, a, e), w, part(vmask, a, e), kind, shift, scale)
         S, z = (dS, dz) if S is None else (S + dS, z + dz)
-    outs = [run(_query_out, qb, w, kind, S, z, scale) for qb in qs]
-    return torch.cat(outs, 2).to(dtype), None
+    if keep is not None:
+        keep.append((S, z))
+    return torch.cat([_query_out(part(q, a, e), w, kind, S, z, scale) for a, e in spans], 2), None, None
+
+
+class _Blockwise(torch.autograd.Function):
+    """:func:`_blockwise` whose backward recomputes one block at a time and writes the
+    gradients of ``q, k, v`` into preallocated tensors: memory holds one block's features
+    and the inputs' gradients, never ``L x m`` features (nor a second copy of the gradients,
+    as slicing or splitting the inputs under autograd would)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, S0, z0, w, vmask, kind, shift, causal, chunk, spans, scale):
+        keep: list = []
+        with torch.no_grad():
+            out, S, z = _blockwise(q, k, v, (S0, z0), w, vmask, kind, shift, causal, chunk, spans, scale, keep)
+        ctx.save_for_backward(q, k, v)
+        ctx.keep, ctx.args = keep, (w, vmask, kind, shift, chunk, scale)
+        ctx.causal, ctx.spans = causal, spans
+        return (out, S, z) if causal else (out, out.new_zeros(()), out.new_zeros(()))
+
+    @staticmethod
+    def backward(ctx, g_out, g_S, g_z):
+        q, k, v = ctx.saved_tensors
+        w, vmask, kind, shift, chunk, scale = ctx.args
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+        def leaf(t):
+            return t.detach().requires_grad_()
+
+        def mask(a, e):
+            return None if vmask is None else vmask[:, a:e]
+
+        if ctx.causal:
+            gS = torch.zeros_like(ctx.keep[-1][0]) if g_S is None else g_S
+            gz = torch.zeros_like(ctx.keep[-1][1]) if g_z is None else g_z
+            for (a, e), (S_b, z_b) in reversed(list(zip(ctx.spans, ctx.keep))):
+                qb, kb, vb, Sb, zb = (leaf(t) for t in (q[:, :, a:e], k[:, :, a:e], v[:, :, a:e], S_b, z_b))
+                with torch.enable_grad():
+                    o, S_e, z_e = _causal_block(qb, kb, vb, w, mask(a, e), kind, shift, Sb, zb, chunk, scale)
+                    grads = torch.autograd.grad((o, S_e, z_e), (qb, kb, vb, Sb, zb), (g_out[:, :, a:e], gS, gz),
+                                                allow_unused=True)
+                for d, g in zip((dq, dk, dv), grads[:3]):
+                    if g is not None:
+                        d[:, :, a:e] = g
+                gS, gz = (torch.zeros_like(Sb) if g is None else g for g in grads[3:])
+            return dq, dk, dv, gS, gz, *([None] * 8)
+        S, z = (leaf(t) for t in ctx.keep[0])
+        gS, gz = torch.zeros_like(S), torch.zeros_like(z)
+        for a, e in ctx.spans:  # queries: their gradients, and those of the sums they read
+            qb = leaf(q[:, :, a:e])
+            with torch.enable_grad():
+                o = _query_out(qb, w, kind, S, z, scale)
+                gq, gSb, gzb = torch.autograd.grad(o, (qb, S, z), g_out[:, :, a:e])
+            dq[:, :, a:e] = gq
+            gS, gz = gS + gSb, gz + gzb
+        for a, e in ctx.spans:  # keys and values, through the sums
+            kb, vb = leaf(k[:, :, a:e]), leaf(v[:, :, a:e])
+            with torch.enable_grad():
+                sums = _key_sums(kb, vb, w, mask(a, e), kind, shift, scale)
+                gk, gv = torch.autograd.grad(sums, (kb, vb), (gS, gz))
+            dk[:, :, a:e], dv[:, :, a:e] = gk, gv
+        return dq, dk, dv, None, None, *([None] * 8)
 
 
 __all__ = [
