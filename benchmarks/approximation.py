@@ -258,7 +258,7 @@ def _order(size: str) -> tuple:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="fewer sizes, 2 seeds, L=256, 60 training steps of batch 8 (~1-2 min on an idle core)")
+                   help="fewer sizes, 2 seeds, L=256, 60 training steps of batch 8 (aimed at 1-2 min idle; not timed)")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--train-steps", type=int, default=None)
