@@ -16,6 +16,13 @@ per head (``QK^T`` and ``PV``), forward, at the matmul peak measured on the mach
   ``max_memory_allocated`` minus the allocation before the call. Where a kernel has no
   backward (``flex`` on CPU) time and memory are of the forward only.
 - A kernel whose estimated memory would not fit is skipped, and the table says so.
+- Approximate attention (issue 16), ``--kernels performer linformer lsh``: ``performer``
+  is FAVOR+ (:func:`tsformer.attention.favor.favor_attention`, 256 positive orthogonal
+  features, bidirectional for ``full``, prefix sums for ``causal``) and ``linformer`` is
+  ``E K``, ``E V`` (k = 256 rows) then SDPA (``full`` only), both on the same q, k, v;
+  ``lsh`` is the Reformer layer built through the registry (``build_attention``, its
+  defaults), timed as a whole layer on ``x = (B, L, H D)``, its projections included. A
+  type that is not installed (``lsh`` before it merges) is reported and skipped.
 
 Usage::
 
@@ -23,6 +30,8 @@ Usage::
     python benchmarks/attention.py --quick         # L = 8192, logsparse and window w=512
     python benchmarks/attention.py --device cuda --append
     python benchmarks/attention.py --kernels sparse --seq-lens 8192 16384 32768 65536 --append
+    python benchmarks/attention.py --kernels reference performer linformer lsh --patterns full causal \
+        --seq-lens 1024 4096 8192 16384 32768 65536 --append
 
 Writes ``benchmarks/results/attention.json`` (``--out``): a list of objects with keys
 ``pattern, kernel, seq_len, fwd_ms, fwd_bwd_ms, added_mb, flop_bound_ms, device``, prints
@@ -69,6 +78,9 @@ PATTERNS: dict[str, Pattern] = {
 }
 QUICK_PATTERNS = ["logsparse", "window512"]
 KERNELS = ["reference", "flex", "sparse", "auto"]
+APPROXIMATE = ["performer", "linformer", "lsh"]
+"""Attention types with parameters of their own (issue 16), not in the default run."""
+FEATURES, LINFORMER_K = 256, 256
 SEQ_LENS = [1024, 4096, 8192, 16384]
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +141,51 @@ def run(kernel: str, q, k, v, pattern: Pattern) -> torch.Tensor:
             _MASKS.clear()
             _MASKS[key] = pattern.to_dense(q.shape[-2], device=q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_MASKS[key])
+    if kernel in APPROXIMATE:
+        return run_approximate(kernel, q, k, v, pattern)
     return attention(q, k, v, pattern, kernel=kernel)
+
+
+_PARTS: dict[tuple, object] = {}
+
+
+def _part(key: tuple, make):
+    """A fixed random projection or layer per (kind, length, pattern), built once (untimed)."""
+    if key not in _PARTS:
+        _PARTS.clear()
+        torch.manual_seed(0)
+        _PARTS[key] = make()
+    return _PARTS[key]
+
+
+def lsh_layer(pattern_name: str, device: str):
+    """The Reformer layer through the registry, or None where the type is not installed."""
+    try:
+        import tsformer.nn.attention.lsh  # noqa: F401  (registers ``lsh`` once merged)
+    except ImportError:
+        return None
+    from tsformer.nn.attention import ATTENTION_LAYERS, build_attention
+
+    if "lsh" not in ATTENTION_LAYERS:
+        return None
+    return build_attention({"type": "lsh", "pattern": pattern_name}, H * D, H).to(device)
+
+
+def run_approximate(kernel: str, q, k, v, pattern: Pattern) -> torch.Tensor:
+    """``performer``, ``linformer`` or ``lsh`` on ``(B, H, L, D)`` (see module docstring)."""
+    L, dev = q.shape[-2], q.device
+    causal = isinstance(pattern, Causal)
+    if kernel == "performer":
+        from tsformer.attention.favor import favor_attention, gaussian_projection
+
+        w = _part(("performer", str(dev)), lambda: gaussian_projection(FEATURES, D, device=dev))
+        return favor_attention(q, k, v, w, causal=causal)[0]
+    if kernel == "linformer":
+        E = _part(("linformer", L, str(dev)), lambda: torch.randn(LINFORMER_K, L, device=dev) / LINFORMER_K**0.5)
+        return F.scaled_dot_product_attention(q, torch.matmul(E, k), torch.matmul(E, v))
+    name = "causal" if causal else "full"
+    layer = _part(("lsh", name, str(dev)), lambda: lsh_layer(name, str(dev)))
+    return layer(q.transpose(1, 2).reshape(q.shape[0], L, H * D))
 
 
 def resolved(kernel: str, pattern: Pattern, L: int, device: str, grad: bool) -> str:
@@ -144,6 +200,14 @@ def resolved(kernel: str, pattern: Pattern, L: int, device: str, grad: bool) -> 
 def unsupported(kernel: str, pattern: Pattern, L: int, device: str, grad: bool) -> str | None:
     if kernel in ("reference", "auto"):
         return None
+    if kernel in APPROXIMATE:
+        serves = ("full",) if kernel == "linformer" else ("full", "causal")
+        name = next((n for n, p in PATTERNS.items() if p == pattern), str(pattern))
+        if name not in serves:
+            return f"{kernel} serves patterns {list(serves)}, not {name}"
+        if kernel == "lsh" and lsh_layer(name, device) is None:
+            return "lsh: not available (tsformer.nn.attention.lsh is not installed)"
+        return None
     q = torch.empty(B, H, L, D, device=device, requires_grad=grad)
     with torch.set_grad_enabled(grad):
         return get_kernel(kernel).supports(q, q, q, pattern)
@@ -157,6 +221,8 @@ def estimate_bytes(kernel: str, pattern: Pattern, L: int, grad: bool) -> int:
         return base + L * L + (L * L if grad else 0)  # bool mask (+ its expanded copy)
     if kernel == "flex":
         return base + L * L  # block-mask creation evaluates the mask densely
+    if kernel in APPROXIMATE:
+        return base + 512 * 2**20  # features of one checkpointed block, projections, buckets
     return base + 64 * 2**20
 
 
@@ -241,6 +307,11 @@ def memory_child(kernel: str, pattern_name: str, L: int, device: str, grad: bool
         else:
             run(kernel, q, k, v, pattern)
 
+    if kernel in APPROXIMATE:  # build the projections (or the layer) outside the measurement
+        with torch.no_grad():
+            run(kernel, q[..., :1, :].contiguous(), k[..., :1, :].contiguous(), v[..., :1, :].contiguous(), pattern)
+            run(kernel, q.detach(), k.detach(), v.detach(), pattern) if kernel == "linformer" else None
+        gc.collect()
     warm = resolved(kernel, pattern, L, device, grad) == "flex"
     if warm:  # keep the compiler's own memory out of the kernel's
         with torch.set_grad_enabled(grad):
@@ -296,6 +367,14 @@ def bench(args) -> tuple[list[dict], list[str]]:
                 row = dict(pattern=pname, kernel=kernel, seq_len=L, fwd_ms=None, fwd_bwd_ms=None,
                            added_mb=None, flop_bound_ms=round(bound, 3), device=device)
                 tag = f"{pname:10s} {kernel:9s} L={L:6d}"
+                if kernel in APPROXIMATE:
+                    why = unsupported(kernel, pattern, L, device, grad=True)
+                    if why is not None:  # not a measurement: no row
+                        if (kernel, pname) not in noted:
+                            noted.add((kernel, pname))
+                            notes.append(f"{kernel}/{pname}: skipped ({why})")
+                            print(f"{tag}  SKIPPED ({why})")
+                        continue
                 need = estimate_bytes(kernel, pattern, L, grad=True)
                 if need > 0.8 * available_bytes(device):
                     notes.append(f"skipped {kernel}/{pname}/L={L}: needs ~{need / 2**30:.1f} GiB, would not fit")
@@ -382,6 +461,26 @@ def targets(rows: list[dict]) -> list[str]:
     return out
 
 
+def approximate_targets(rows: list[dict]) -> list[str]:
+    """Issue 16 goals: fwd+bwd at L=65536 within 1 GiB added, faster than ``reference`` from L=4096."""
+    out = []
+    by = {(r["pattern"], r["kernel"], r["seq_len"]): r for r in rows}
+    for (p, kern, L), r in sorted(by.items()):
+        if kern not in APPROXIMATE:
+            continue
+        if L == 65536 and r["added_mb"] is not None:
+            out.append(f"{kern}/{p} fwd+bwd at L=65536 adds {r['added_mb']:.0f} MB (goal <= 1024): "
+                       f"{'met' if r['added_mb'] <= 1024 else 'NOT met'}")
+        ref = by.get((p, "reference", L))
+        if L >= 4096 and r["fwd_bwd_ms"]:
+            if ref is None or not ref["fwd_bwd_ms"]:
+                out.append(f"{kern}/{p} L={L}: reference not measured, no speed comparison")
+            else:
+                x = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+                out.append(f"{kern}/{p} L={L} fwd+bwd {x:.1f}x reference (goal > 1): {'met' if x > 1 else 'NOT met'}")
+    return out
+
+
 def write_results(rows: list[dict], notes: list[str], args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -394,7 +493,7 @@ def write_results(rows: list[dict], notes: list[str], args) -> None:
         all_rows = rows
     out.write_text(json.dumps(all_rows, indent=1) + "\n")
     tab = table(rows)
-    goals = targets(rows)
+    goals = targets(rows) + approximate_targets(rows)
     print()
     print(tab)
     for line in notes + goals:
@@ -428,7 +527,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="L=8192, logsparse and window w=512 only")
     p.add_argument("--seq-lens", type=int, nargs="+", default=None)
     p.add_argument("--patterns", nargs="+", choices=list(PATTERNS), default=None)
-    p.add_argument("--kernels", nargs="+", choices=KERNELS, default=KERNELS)
+    p.add_argument("--kernels", nargs="+", choices=KERNELS + APPROXIMATE, default=KERNELS)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/attention.json"))
     p.add_argument("--results-md", default=str(ROOT / "benchmarks/RESULTS.md"))

@@ -29,7 +29,8 @@ def test_long_horizon_harness_tiny_slice(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.DATASETS, "tiny", bench.DatasetSpec("long", "tiny.csv", split="ratio", horizons=(8,),
                                                                    context=48))
     out, md = tmp_path / "results", tmp_path / "RESULTS.md"
-    models = ["seasonal_naive", "logsparse"] + (["dlinear"] if bench.gluonts_available() else [])
+    # performer and linformer: the issue-16 attention types in the encoder-style PatchForecaster.
+    models = ["seasonal_naive", "logsparse", "performer", "linformer"] + (["dlinear"] if bench.gluonts_available() else [])
     rows = bench.main(["--dataset", "tiny", "--models", *models, "--max-steps", "1", "--budget-minutes", "1",
                        "--data-root", str(tmp_path), "--results-dir", str(out), "--results-md", str(md)])
     assert [r["model"] for r in rows] == models
@@ -40,6 +41,7 @@ def test_long_horizon_harness_tiny_slice(tmp_path, monkeypatch):
         assert math.isfinite(r["mse"]) and math.isfinite(r["mae"])
         assert f"--models {r['model']}" in r["command"]
     naive, tsf = rows[0], rows[1]
+    assert all(r["params"] > 0 and r["train_steps"] == 1 for r in rows[2:4])
     assert naive["mse"] < 1e-10  # the series repeats every day exactly
     assert tsf["params"] > 0 and tsf["train_steps"] == 1
     saved = json.loads((out / "forecasting-tiny.json").read_text())
@@ -70,3 +72,12 @@ def test_unknown_dataset_and_missing_file_are_clear(tmp_path):
         bench.run_benchmark("nope")
     with pytest.raises(FileNotFoundError, match="ETTh1.csv"):
         bench.run_benchmark("etth1", ["seasonal_naive"], data_root=tmp_path)
+
+
+def test_published_figures_stand_beside_the_matching_protocol():
+    bench = load_benchmark("forecasting")
+    row = {"model": "performer", "horizon": 96, "context_length": 96, "mse": 0.5, "mae": 0.4, "train_seconds": 1.0,
+           "predict_seconds": 0.1, "params": 10, "command": "x", "date": "d", "device": "cpu"}
+    table = bench.markdown_table("etth1", [row])
+    assert "Reformer 0.837, Informer 0.865, Autoformer 0.449" in table and "TimesNet" in table
+    assert "Published" not in bench.markdown_table("etth1", [{**row, "context_length": 336}])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from tests.nn.recurrent_checks import check_char_lm_decoding, check_forecast_sampling
 from tsformer.nn.attention.rwkv import wkv_chunked, wkv_recurrent
 
 
@@ -65,37 +66,11 @@ def test_stable_on_long_sequences_with_large_keys():
 
 @pytest.mark.parametrize("ffn", ["rwkv", "mlp"])
 def test_char_lm_parallel_training_equals_recurrent_decoding(ffn):
-    from tsformer.nn.decoding import generate_tokens, jacobi_tokens
-    from tsformer.nn.longformer import LongformerCharLM
-
-    torch.manual_seed(0)
-    lm = LongformerCharLM(vocab_size=12, d_model=16, n_heads=2, n_layers=2, d_ff=32, window=[4, 4], max_tokens=256,
-                          dropout=0.0, ffn=ffn, attention={"type": "rwkv", "pattern": "causal", "positions": "none"})
-    lm.eval()
-    tokens = torch.randint(0, 12, (2, 40))
-    with torch.no_grad():
-        full = lm(tokens)
-        cache = lm.new_cache(2, 40)
-        parts = [lm(tokens[:, :13], cache=cache)] + [lm(tokens[:, t : t + 1], cache=cache) for t in range(13, 37)]
-        parts.append(lm(tokens[:, 37:], cache=cache))
-    assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-5)
-    prompt = tokens[:, :5]
-    greedy = generate_tokens(lm, prompt, 20, temperature=0.0, max_context=256)
-    assert torch.equal(greedy, generate_tokens(lm, prompt, 20, temperature=0.0, cache=False, max_context=256))
-    assert torch.equal(jacobi_tokens(lm, prompt, 20, block=4, max_context=256)[0], greedy)
+    check_char_lm_decoding({"type": "rwkv", "pattern": "causal", "positions": "none"}, ffn)
 
 
 def test_forecast_sampling_on_the_recurrent_state():
-    from tsformer.nn.conv_transformer import ConvTransformerForecaster
-
-    torch.manual_seed(0)
-    m = ConvTransformerForecaster(2, 1, d_model=16, n_heads=2, n_layers=2, d_ff=16, dropout=0.0, ffn="rwkv",
-                                  attention={"type": "rwkv"}).eval()
-    g = torch.Generator().manual_seed(0)
-    x, cov, sid = torch.randn(2, 14, generator=g), torch.randn(2, 18, 1, generator=g), torch.tensor([0, 1])
-    a = m.sample(x, cov, sid, num_samples=3, generator=torch.Generator().manual_seed(2))
-    b = m.sample_reference(x, cov, sid, num_samples=3, generator=torch.Generator().manual_seed(2))
-    assert_close(a, b, rtol=1e-4, atol=1e-4)
+    check_forecast_sampling({"type": "rwkv"}, ffn="rwkv")
 
 
 def test_refusals_say_why():

@@ -18,6 +18,7 @@ key goes to that type's constructor. Layers share one calling convention,
 ``linformer``  :class:`LinformerAttention`             Wang et al. 2020
 ``rwkv``       :class:`RWKVTimeMix`                    Peng et al. 2023 (RWKV-4)
 ``lsh``        :class:`LSHAttention`                   Kitaev et al. 2020 (Reformer)
+``performer``  :class:`PerformerAttention`              Choromanski et al. 2021 (FAVOR+)
 =============  ======================================  ============================
 """
 
@@ -35,6 +36,7 @@ from tsformer.nn.attention.lsh import LSHAttention
 from tsformer.nn.attention.lsra import LSRA, DynamicConv, LightweightConv
 from tsformer.nn.attention.mhsa import MultiHeadSelfAttention
 from tsformer.nn.attention.mqa import MultiQueryAttention
+from tsformer.nn.attention.performer import PerformerAttention
 from tsformer.nn.attention.positions import POSITIONS, Positions, alibi_slopes
 from tsformer.nn.attention.rwkv import RWKVTimeMix
 
@@ -47,6 +49,7 @@ ATTENTION_LAYERS: dict[str, type[AttentionLayer]] = {
     "linformer": LinformerAttention,
     "rwkv": RWKVTimeMix,
     "lsh": LSHAttention,
+    "performer": PerformerAttention,
 }
 """Attention layer types by config name (``model.attention.type``)."""
 
@@ -139,6 +142,7 @@ __all__ = [
     "LongformerSelfAttention",
     "MultiHeadSelfAttention",
     "MultiQueryAttention",
+    "PerformerAttention",
     "Positions",
     "RWKVTimeMix",
     "alibi_slopes",
