@@ -24,6 +24,7 @@ from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.attention.base import rename_keys
 from tsformer.nn.blocks import make_ffn
 from tsformer.nn.decoding import DecodeCache, KVCache
+from tsformer.nn.pangu import make_shortcut
 
 
 def _per_layer(value: int | Sequence[int], n_layers: int, name: str) -> list[int]:
@@ -53,15 +54,20 @@ class LongformerLayer(nn.Module):
         d_model, d_ff: widths.
         attn: the attention layer (output projection included).
         dropout: residual dropout.
-        ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        ffn: ``mlp``, ``glu``, ``rwkv``, ``series`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        series, shortcut, augmented: PanGu-π's parts (``model.series``, ``model.shortcut``,
+            ``model.augmented``; see :class:`tsformer.nn.conv_transformer.ConvTransformerBlock`).
     """
 
     def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp",
-                 layer: int = 0, n_layers: int = 1):
+                 layer: int = 0, n_layers: int = 1, series: dict | None = None, shortcut: str = "identity",
+                 augmented: dict | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = attn
-        self.ff = make_ffn(ffn, d_model, d_ff, dropout, inner_dropout=False, layer=layer, n_layers=n_layers)
+        self.aug = make_shortcut(shortcut, d_model, augmented)
+        self.ff = make_ffn(ffn, d_model, d_ff, dropout, inner_dropout=False, layer=layer, n_layers=n_layers,
+                           series=series)
         if self.ff is not None:
             self.norm2 = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
@@ -74,7 +80,9 @@ class LongformerLayer(nn.Module):
         normalised here like the segment's."""
         mem = None if memory is None else self.norm1(memory)
         kw = {} if mem is None else {"memory": mem}
-        x = x + self.drop(self.attn(self.norm1(x), lengths, global_idx, cache=cache, **kw))
+        h = self.norm1(x)
+        y = self.attn(h, lengths, global_idx, cache=cache, **kw)
+        x = x + self.drop(y if self.aug is None else y + self.aug(h))  # PanGu-π Eq. 4
         if self.ff is None:
             return x
         h = self.norm2(x)
@@ -98,14 +106,16 @@ class LongformerEncoder(nn.Module):
             fits), ``pattern`` (``window`` | ``full`` for Longformer), ``kernel``, ...
         truncate: keep only the first ``truncate`` tokens (None: all).
         dropout: residual and embedding dropout.
-        ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        ffn: ``mlp``, ``glu``, ``rwkv``, ``series`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        series, shortcut, augmented: PanGu-π's parts (:class:`LongformerLayer`).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_heads: int = 4, n_layers: int = 2, d_ff: int = 256,
                  window: int | Sequence[int] = 256, dilation: int | Sequence[int] = 1, dilated_heads: int = 0,
                  max_tokens: int = 4096, positions: str = "learned", one_sided: bool = False,
                  attention: dict | None = None, truncate: int | None = None, dropout: float = 0.1,
-                 ffn: str = "mlp"):
+                 ffn: str = "mlp", series: dict | None = None, shortcut: str = "identity",
+                 augmented: dict | None = None):
         super().__init__()
         attention = {"positions": positions, **dict(attention or {})}
         self.positions = attention["positions"] = attention.pop("pos", attention["positions"])
@@ -121,7 +131,8 @@ class LongformerEncoder(nn.Module):
             LongformerLayer(d_model, d_ff, build_attention(
                 {**attention, "window": w, "dilation": r}, d_model, n_heads, causal=one_sided or None,
                 defaults=defaults, network=name, shared=shared, dilated_heads=dilated_heads,
-                max_len=self.max_tokens, layer=i, n_layers=n_layers), dropout, ffn, i, n_layers)
+                max_len=self.max_tokens, layer=i, n_layers=n_layers), dropout, ffn, i, n_layers, series, shortcut,
+                augmented)
             for i, (w, r) in enumerate(zip(windows, dilations))
         )
         self.norm = nn.LayerNorm(d_model)
