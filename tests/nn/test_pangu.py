@@ -31,7 +31,7 @@ def _series_reference(act: SeriesActivation, x: torch.Tensor) -> torch.Tensor:
     B, L, W = x.shape
     u = torch.zeros_like(x)
     for i in range(act.terms):
-        u = u + F.gelu(act.scale[i] * x + act.bias[i])
+        u = u + act.weight[i] * F.gelu(act.scale[i] * x + act.bias[i])
     if not act.context:
         return u
     y = torch.zeros_like(x)
@@ -56,9 +56,10 @@ def test_one_term_is_the_base_activation():
     y, past = act(x)
     assert past is None
     assert torch.equal(y, F.gelu(x))  # a = 1, b = 0
-    # The default init of more terms is GELU plus a constant per term.
-    act3 = SeriesActivation(6, terms=3)
-    assert_close(act3(x)[0], F.gelu(x) + F.gelu(act3.bias[1:, 0]).sum())
+    # More terms (and a neighbour mix) start as the plain activation too, their shifts distinct.
+    act3 = SeriesActivation(6, terms=3, context=2)
+    assert torch.equal(act3(x)[0], F.gelu(x))
+    assert len(set(act3.bias[:, 0].tolist())) == 3
 
 
 @pytest.mark.parametrize(("terms", "context", "L"), [(1, 0, 1), (2, 0, 7), (3, 1, 1), (2, 3, 2), (4, 2, 9)])

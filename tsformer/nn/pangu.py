@@ -14,7 +14,10 @@ of the paper, there is no official code):
   b_c)``, a depthwise convolution over the activated map). Here it is ``model.series.context``
   (default 0: none): a depthwise convolution over the *previous* ``context`` positions only
   (left-padded), so that a causal model stays causal; the paper's two-sided image version
-  would read later tokens. Per-channel ``a_i, b_i`` (the paper leaves their shape open).
+  would read later tokens. Per-channel ``a_i, b_i`` (the paper leaves their shape open), and
+  each term weighted by a learned ``c_i`` as in VanillaNet's Eq. 6 (``sum_i a_i A(x + b_i)``),
+  so the series can start as exactly the plain activation (``c = (1, 0, ...)``) with distinct
+  shifts ``b_i`` that let the terms learn apart; the paper gives no initialisation.
 - Augmented shortcut, Sec. 4.1, Eq. 4: ``AugMSA(Z) = MSA(Z) + Z + sum_{i=1..T} T_i(Z)``,
   Eq. 5: ``T_i(Z) = sigma(Z Theta_i)`` with ``Theta_i`` ``d x d`` (``reduction: null``), and
   the form the paper trains its LLMs with: "a simpler bottleneck module ... two FC layers with
@@ -54,12 +57,13 @@ def _options(options: dict | None, keys: tuple[str, ...], name: str) -> dict:
 
 
 class SeriesActivation(nn.Module):
-    """``y_t = sum_{j=0..k} m_j * u_{t-j}``, ``u_t = sum_{i=1..n} GELU(a_i * x_t + b_i)``
-    (PanGu-π Eq. 7; the causal neighbour mix ``m`` only when ``context = k > 0``).
+    """``y_t = sum_{j=0..k} m_j * u_{t-j}``, ``u_t = sum_{i=1..n} c_i * GELU(a_i * x_t + b_i)``
+    (PanGu-π Eq. 7 with VanillaNet's term weights ``c_i``; the causal neighbour mix ``m`` only
+    when ``context = k > 0``).
 
-    Initialised as the plain GELU: ``a_1 = 1, b_1 = 0``; the other terms start at ``a_i = 0``
-    with distinct biases (a constant each, so the network starts as the plain MLP up to an
-    output bias, and the terms do not move in lockstep); ``m_0 = 1``, the rest 0.
+    Initialised as the plain GELU: ``c = (1, 0, ...)``, ``a_i = 1``, ``b = (0, 1, -1, 2, ...)``
+    (distinct shifts, so the terms get different gradients and do not move in lockstep);
+    ``m_0 = 1``, the rest 0.
 
     Args:
         width: channels (the feed-forward's hidden width).
@@ -74,11 +78,12 @@ class SeriesActivation(nn.Module):
         if context < 0:
             raise ValueError(f"model.series.context={context}; must be >= 0")
         self.terms, self.context = int(terms), int(context)
-        scale = torch.zeros(terms, width)
-        scale[0] = 1.0
         shifts = torch.tensor([0.0] + [(1 + i // 2) * (1 if i % 2 == 0 else -1) for i in range(terms - 1)])
-        self.scale = nn.Parameter(scale)
+        weight = torch.zeros(terms, width)
+        weight[0] = 1.0
+        self.scale = nn.Parameter(torch.ones(terms, width))
         self.bias = nn.Parameter(shifts[:, None].expand(terms, width).clone())
+        self.weight = nn.Parameter(weight)
         if context:
             mix = torch.zeros(context + 1, width)
             mix[0] = 1.0
@@ -88,7 +93,7 @@ class SeriesActivation(nn.Module):
         """``x``: ``(B, L, W)``; ``past``: ``(B, k, W)`` the series of the ``k`` positions
         before ``x`` (None: zeros, the sequence starts here). Returns ``y`` ``(B, L, W)`` and
         the ``past`` for the next positions (None when ``k = 0``)."""
-        u = F.gelu(x.unsqueeze(-2) * self.scale + self.bias).sum(-2)
+        u = (F.gelu(x.unsqueeze(-2) * self.scale + self.bias) * self.weight).sum(-2)
         if not self.context:
             return u, None
         k, L = self.context, x.shape[1]
