@@ -448,7 +448,10 @@ def part_forecast(a, env, run_root, out) -> None:
     rows = []
     extra = ["trainer.max_steps=60"] if a.quick else []
     for name, over in {"logsparse": [], "alibi": ["model.attention.positions=alibi"],
-                       "adaptive_span": ["model.attention.pattern=causal", f"model.attention.span={SPAN}"]}.items():
+                       "adaptive_span": ["model.attention.pattern=causal", f"model.attention.span={SPAN}"],
+                       # RWKV-4 blocks (#17); forecasts sampled through the recurrent state.
+                       "rwkv": ["model.attention.type=rwkv", "model.attention.pattern=causal",
+                                "model.ffn=rwkv"]}.items():
         run = run_root / f"electricity_{name}"
         cmd = [sys.executable, "-m", "tsformer.train", "task=electricity", "model=logsparse", *over, *extra,
                f"run_dir={run}", "trainer.enable_progress_bar=false", "print_metrics=false"]
