@@ -17,6 +17,7 @@ from tsformer.nn.pangu import (
     SeriesActivation,
     effective_dimension,
     feature_diversity,
+    make_series,
     make_shortcut,
 )
 from tsformer.train import compose_config, train
@@ -98,7 +99,9 @@ def test_augmented_shortcut_forms():
     with pytest.raises(ValueError, match=r"model.augmented takes .* not \['width'\]"):
         make_shortcut("augmented", 16, {"width": 3})
     with pytest.raises(ValueError, match="model.series.terms=0"):
-        SeriesActivation(4, terms=0)
+        make_series(8, 16, 0.0, True, {"terms": 0})
+    with pytest.raises(ValueError, match="model.series.context=-1"):
+        make_series(8, 16, 0.0, True, {"context": -1})
 
 
 def _lm(**parts) -> LongformerCharLM:

@@ -169,8 +169,9 @@ def make_series(d_model: int, d_ff: int, dropout: float, inner_dropout: bool, op
     """``model.ffn=series`` with ``model.series`` (``terms``, default 2 as the paper's Table 2
     choice; ``context``, default 0)."""
     o = _options(options, SERIES_KEYS, "series")
-    return SeriesFeedForward(d_model, d_ff, dropout, inner_dropout, int(o.get("terms") or 2),
-                             int(o.get("context") or 0))
+    terms, context = o.get("terms"), o.get("context")
+    return SeriesFeedForward(d_model, d_ff, dropout, inner_dropout, 2 if terms is None else int(terms),
+                             0 if context is None else int(context))
 
 
 def make_shortcut(kind: str, d_model: int, options: dict | None = None) -> AugmentedShortcut | None:
