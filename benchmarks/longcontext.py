@@ -389,6 +389,7 @@ def part_pangu(a, env, run_root, out) -> None:
     axes[1].set_ylabel("effective dimension d(0.8)")
     for ax in axes:
         ax.set_xlabel("layer (0: embeddings)")
+        ax.set_xticks(range(len(rows[0]["diversity"])))
     axes[0].legend(fontsize=7)
     png = ROOT / "benchmarks" / "results" / f"longcontext_pangu{'_quick' if a.quick else ''}.png"
     fig.tight_layout()

@@ -138,7 +138,8 @@ class SeriesFeedForward(nn.Module):
 class AugmentedShortcut(nn.Module):
     """``sum_{i=1..T} T_i(z)`` beside attention (PanGu-π Eq. 4), each branch a bottleneck
     ``Linear(d, d/r) -> GELU -> Linear(d/r, d)`` (the paper's LLM form) or, with
-    ``reduction=None``, Eq. 5's ``GELU(z Theta_i)``. Token-wise.
+    ``reduction=None``, Eq. 5's ``GELU(z Theta_i)``. Token-wise. The bottleneck's output layer
+    starts at zero.
 
     Args:
         d_model: width. branches: ``T`` (>= 1). reduction: ``r`` (None: Eq. 5, no bottleneck).
@@ -157,6 +158,11 @@ class AugmentedShortcut(nn.Module):
             hidden = branches * max(1, d_model // int(reduction))
             self.down = nn.Linear(d_model, hidden)
             self.up = nn.Linear(hidden, d_model)
+            # Zero, as adapters start (the paper gives no initialisation): the block starts as the
+            # plain one; PyTorch's default for a fan-in of d/r (4 at d = 128) would add an output
+            # far larger than attention's.
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
 
     def forward(self, z: Tensor) -> Tensor:
         """``(..., d)`` -> ``(..., d)``."""
