@@ -2,14 +2,15 @@
 rotary baseline, on whole Project Gutenberg books split by book (test: Middlemarch).
 
     PYTHONPATH=. python benchmarks/longcontext.py [--quick] [--minutes 15] [--data ../shared/data/pgbooks]
-        [--parts table extrapolation spans evalspeed forecast]
+        [--parts table extrapolation spans evalspeed forecast pangu]
 
 Parts (each appends its rows to ``benchmarks/results/longcontext.json`` and a table to
 ``benchmarks/RESULTS.md``):
 
 - ``table``: baseline (mhsa, causal, rotary), ALiBi, adaptive span, all-attention
   (persistent slots instead of feed-forwards, ``N = d_ff`` for equal parameters) and
-  Transformer-XL with and without memory, and RWKV-4 (time and channel mixing), each the same network size (``d_ff`` adjusted so
+  Transformer-XL with and without memory, RWKV-4 (time and channel mixing) and PanGu-π (series
+  activation and augmented shortcuts), each the same network size (``d_ff`` adjusted so
   parameters agree within 5%) and the same wall-clock training budget (``--minutes``) on 2
   CPU threads; bpc on the first ``--eval-chars`` characters of the test book.
 - ``extrapolation``: rotary, ALiBi and learned positions trained at 256 characters,
@@ -18,8 +19,12 @@ Parts (each appends its rows to ``benchmarks/results/longcontext.json`` and a ta
   fixed maximum span (the baseline), and the training-step time they save.
 - ``evalspeed``: Transformer-XL evaluation with memory against re-encoding a sliding window
   of the same 2,048-character context for every new position (Dai et al. 2019, Sec. 4.5).
-- ``forecast``: ALiBi and adaptive span on the electricity sample at the default budget,
-  beside ``logsparse``.
+- ``forecast``: ALiBi, adaptive span and RWKV-4 on the electricity sample at the default
+  budget, beside ``logsparse``.
+- ``pangu`` (not in the default list): the PanGu-π ablation (Wang et al. 2023, Table 4):
+  baseline, + series informed activation, + augmented shortcut, both, at equal parameters and
+  budget; test bpc and the paper's feature diversity per layer (table and
+  ``results/longcontext_pangu.png``).
 
 Each training runs ``python -m tsformer.train`` in its own process (its peak RSS is
 ``added_mb``, above a process that only imports the package); evaluation runs here on the
@@ -52,6 +57,10 @@ SIZE = ["model.d_model=128", "model.n_heads=4", "model.n_layers=4", "model.windo
         "model.dropout=0.1", "model.attention.type=mhsa", "model.attention.pattern=causal"]
 D_FF = 512
 SPAN = "{max: 512, ramp: 32, penalty: 2.0e-6}"
+# PanGu-π (Wang et al. 2023): the series activation (n = 2 terms, the paper's Table 2 choice, and
+# the neighbour mix over the 2 previous characters) and one bottleneck shortcut (r = 32, Table 3).
+PANGU_SERIES = ["model.ffn=series", "model.series.terms=2", "model.series.context=2"]
+PANGU_SHORTCUT = ["model.shortcut=augmented", "model.augmented.branches=1", "model.augmented.reduction=32"]
 
 
 def variants(train_len: int, span_max: int) -> dict[str, list[str]]:
@@ -66,7 +75,16 @@ def variants(train_len: int, span_max: int) -> dict[str, list[str]]:
         "xl_memory": ["model.attention.positions=xl", *stream],
         # RWKV-4 (#17): time mixing instead of attention, channel mixing instead of the MLP.
         "rwkv": ["model.attention.type=rwkv", "model.attention.positions=none", "model.ffn=rwkv"],
+        # PanGu-π (#17): series informed activation and augmented shortcuts together.
+        "pangu": ["model.attention.positions=rotary", *PANGU_SERIES, *PANGU_SHORTCUT],
     }
+
+
+def pangu_variants() -> dict[str, list[str]]:
+    """The PanGu-π ablation (paper, Table 4): baseline, + series activation, + augmented shortcut, both."""
+    rotary = ["model.attention.positions=rotary"]
+    return {"pangu_baseline": rotary, "pangu_series": [*rotary, *PANGU_SERIES],
+            "pangu_augmented": [*rotary, *PANGU_SHORTCUT], "pangu_both": [*rotary, *PANGU_SERIES, *PANGU_SHORTCUT]}
 
 
 def count_params(overrides: list[str], vocab: int) -> int:
@@ -171,6 +189,12 @@ def md(lines: list[str]) -> None:
         f.write("\n" + "\n".join(lines) + "\n")
 
 
+def md_table(columns: list[str], cells: list[list]) -> list[str]:
+    """A Markdown table's lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(map(str, row)) + " |" for row in cells)]
+
+
 def header(a, what: str) -> str:
     load = os.getloadavg()[0]
     budget = f"{a.minutes} min" if a.minutes else f"{a.seconds} s"
@@ -179,7 +203,8 @@ def header(a, what: str) -> str:
             f"data {a.data})")
 
 
-def part_table(a, env, run_root, out) -> dict[str, dict]:
+def table_setup(a) -> tuple[list[str], int, int]:
+    """The table's shared overrides, the vocabulary size and the baseline's parameter count."""
     from tsformer.data.text.charlm import CharLMDataModule
 
     dm = CharLMDataModule(a.data, context=a.train_len)
@@ -187,26 +212,39 @@ def part_table(a, env, run_root, out) -> dict[str, dict]:
     vocab_size = len(dm.vocab)
     base = [*SIZE, f"data.context={a.train_len}", f"data.batch_size={a.batch}", f"data.eval_batch_size={a.batch}"]
     target = count_params([*base, f"model.d_ff={D_FF}", "model.attention.positions=rotary"], vocab_size)
+    return base, vocab_size, target
+
+
+def table_row(name: str, over: list[str], a, env, run_root, setup) -> tuple[dict, dict, object, np.ndarray]:
+    """Train one variant at the baseline's parameter count (``d_ff`` matched) and budget; its
+    row (test bpc, speed, memory), the run, the trained network and the test ids."""
+    base, vocab_size, target = setup
+    d_ff = matched_d_ff([*base, *over], vocab_size, target)
+    over = [*base, *over, f"model.d_ff={d_ff}"]
+    params = count_params(over, vocab_size)
+    res = train_run(name, over, a, run_root, env)
+    net, vocab, cfg = load_net(Path(res["run"]))
+    ids = test_ids(a, vocab)
+    mem = a.train_len if name == "xl_memory" else (0 if name == "xl_no_memory" else None)
+    bpc, eval_tps = evaluate(net, ids, a.train_len, mem)
+    m = res["metrics"]
+    steps = int(m.get("train/steps", 0))
+    row = {"model": name, "corpus": "pgbooks", "params": params, "train_len": a.train_len,
+           "eval_len": a.train_len + (mem or 0), "bpc": round(bpc, 4),
+           "train_seconds": m.get("train/seconds"), "train_steps": steps,
+           "train_tokens_per_s": round(steps * a.batch * a.train_len / max(1e-9, m.get("train/seconds", 1)), 1),
+           "eval_tokens_per_s": round(eval_tps, 1), "added_mb": round(res["peak_mb"] - a.base_mb, 1),
+           "eval_chars": len(ids) - 1, "d_ff": d_ff, "quick": a.quick}
+    return row, res, net, ids
+
+
+def part_table(a, env, run_root, out) -> dict[str, dict]:
+    setup = table_setup(a)
     rows, runs = [], {}
     for name, over in variants(a.train_len, a.train_len).items():
         if a.variants and name not in a.variants:
             continue
-        d_ff = matched_d_ff([*base, *over], vocab_size, target)
-        over = [*base, *over, f"model.d_ff={d_ff}"]
-        params = count_params(over, vocab_size)
-        res = train_run(name, over, a, run_root, env)
-        net, vocab, cfg = load_net(Path(res["run"]))
-        ids = test_ids(a, vocab)
-        mem = a.train_len if name == "xl_memory" else (0 if name == "xl_no_memory" else None)
-        bpc, eval_tps = evaluate(net, ids, a.train_len, mem)
-        m = res["metrics"]
-        steps = int(m.get("train/steps", 0))
-        row = {"model": name, "corpus": "pgbooks", "params": params, "train_len": a.train_len,
-               "eval_len": a.train_len + (mem or 0), "bpc": round(bpc, 4),
-               "train_seconds": m.get("train/seconds"), "train_steps": steps,
-               "train_tokens_per_s": round(steps * a.batch * a.train_len / max(1e-9, m.get("train/seconds", 1)), 1),
-               "eval_tokens_per_s": round(eval_tps, 1), "added_mb": round(res["peak_mb"] - a.base_mb, 1),
-               "eval_chars": len(ids) - 1, "d_ff": d_ff, "quick": a.quick}
+        row, res, net, _ = table_row(name, over, a, env, run_root, setup)
         if name == "adaptive_span":
             spans = torch.cat([lay.attn.span.spans() for lay in net.encoder.layers]).detach()
             row["mean_span"], row["max_span"] = round(float(spans.mean()), 2), round(float(spans.max()), 2)
@@ -214,13 +252,10 @@ def part_table(a, env, run_root, out) -> dict[str, dict]:
         runs[name] = {"run": res["run"], "row": row}
         print(row, flush=True)
     append(rows, out)
-    lines = [header(a, "char-LM table"), "",
-             "| model | params | train len | eval len | test bpc | steps | train tok/s | eval tok/s | added MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['train_len']} | {r['eval_len']} | {r['bpc']:.3f} | "
-                     f"{r['train_steps']} | {r['train_tokens_per_s']:.0f} | {r['eval_tokens_per_s']:.0f} | "
-                     f"{r['added_mb']:.0f} |")
+    lines = [header(a, "char-LM table"), "", *md_table(
+        ["model", "params", "train len", "eval len", "test bpc", "steps", "train tok/s", "eval tok/s", "added MB"],
+        [[r["model"], f"{r['params']:,}", r["train_len"], r["eval_len"], f"{r['bpc']:.3f}", r["train_steps"],
+          f"{r['train_tokens_per_s']:.0f}", f"{r['eval_tokens_per_s']:.0f}", f"{r['added_mb']:.0f}"] for r in rows])]
     by = {r["model"]: r for r in rows}
     if {"xl_memory", "xl_no_memory"} <= set(by):
         lines.append("")
@@ -308,6 +343,68 @@ def part_spans(a, runs) -> None:
         f"`{png.relative_to(ROOT)}` ({np.round(spans, 1).tolist()})."])
 
 
+@torch.no_grad()
+def layer_diversity(net, ids: np.ndarray, length: int, windows: int = 8) -> tuple[list[float], list[int]]:
+    """Per layer of the char LM (0: the embeddings, then each block's output): PanGu-π's relative
+    feature diversity ``d_M(H) / ||H||_F`` averaged over ``windows`` test windows of ``length``
+    characters, and the effective dimension ``d(0.8)`` of all their token features (Sec. 3, 5.2)."""
+    from tsformer.nn.pangu import effective_dimension, feature_diversity
+
+    n = min(windows, (len(ids) - 1) // length)
+    x = torch.from_numpy(ids[: n * length].reshape(n, length))
+    feats: list[torch.Tensor] = []
+    layers = net.encoder.layers
+    hooks = [layers[0].register_forward_pre_hook(lambda m, args: feats.append(args[0]))]
+    hooks += [lay.register_forward_hook(lambda m, args, out: feats.append(out)) for lay in layers]
+    try:
+        net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ([round(float(feature_diversity(f).mean()), 4) for f in feats],
+            [effective_dimension(f, 0.8) for f in feats])
+
+
+def part_pangu(a, env, run_root, out) -> None:
+    """PanGu-π ablation: test bpc and feature diversity per layer, a table and a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setup = table_setup(a)
+    rows = []
+    for name, over in pangu_variants().items():
+        row, _, net, ids = table_row(name, over, a, env, run_root, setup)
+        row["diversity"], row["effective_dim"] = layer_diversity(net, ids, a.train_len)
+        rows.append(row)
+        print(row, flush=True)
+    append(rows, out)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for r in rows:
+        label = f"{r['model'].removeprefix('pangu_')} ({r['bpc']:.3f} bpc)"
+        axes[0].plot(r["diversity"], marker="o", label=label)
+        axes[1].plot(r["effective_dim"], marker="o", label=label)
+    axes[0].set_ylabel("relative diversity d_M(H) / ||H||")
+    axes[1].set_ylabel("effective dimension d(0.8)")
+    for ax in axes:
+        ax.set_xlabel("layer (0: embeddings)")
+        ax.set_xticks(range(len(rows[0]["diversity"])))
+    axes[0].legend(fontsize=7)
+    png = ROOT / "benchmarks" / "results" / f"longcontext_pangu{'_quick' if a.quick else ''}.png"
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    lines = [header(a, "PanGu-π ablation"), "", *md_table(
+        ["model", "params", "test bpc", "steps", "train tok/s", "diversity per layer (0 = embeddings)",
+         "d(0.8) per layer"],
+        [[r["model"], f"{r['params']:,}", f"{r['bpc']:.3f}", r["train_steps"], f"{r['train_tokens_per_s']:.0f}",
+          " ".join(f"{d:.3f}" for d in r["diversity"]), " ".join(map(str, r["effective_dim"]))] for r in rows])]
+    lines += ["", f"Diversity: PanGu-π's d_M(H) = min_x ||H - 1 x^T||_F over each test window's token features, "
+                  f"divided by ||H||_F; d(0.8): principal components for 80% of the variance. Plot: "
+                  f"`{png.relative_to(ROOT)}`."]
+    md(lines)
+
+
 def part_evalspeed(a, runs, out) -> None:
     net, vocab, _ = load_net(Path(runs["xl_memory"]["run"]))
     ids = test_ids(a, vocab)
@@ -352,7 +449,10 @@ def part_forecast(a, env, run_root, out) -> None:
     rows = []
     extra = ["trainer.max_steps=60"] if a.quick else []
     for name, over in {"logsparse": [], "alibi": ["model.attention.positions=alibi"],
-                       "adaptive_span": ["model.attention.pattern=causal", f"model.attention.span={SPAN}"]}.items():
+                       "adaptive_span": ["model.attention.pattern=causal", f"model.attention.span={SPAN}"],
+                       # RWKV-4 blocks (#17); forecasts sampled through the recurrent state.
+                       "rwkv": ["model.attention.type=rwkv", "model.attention.pattern=causal",
+                                "model.ffn=rwkv"]}.items():
         run = run_root / f"electricity_{name}"
         cmd = [sys.executable, "-m", "tsformer.train", "task=electricity", "model=logsparse", *over, *extra,
                f"run_dir={run}", "trainer.enable_progress_bar=false", "print_metrics=false"]
@@ -406,6 +506,8 @@ def main() -> None:
         part_extrapolation(a, env, run_root, out)
     if "forecast" in a.parts:
         part_forecast(a, env, run_root, out)
+    if "pangu" in a.parts:
+        part_pangu(a, env, run_root, out)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,16 @@ def long_csv(tmp_path):
     path = tmp_path / "series.csv"
     make_long_csv(path)
     return path
+
+
+def assert_decoding_matches(lm, tokens, prefix: int) -> None:
+    """A causal LM's logits equal with and without its decoding cache: the first ``prefix``
+    tokens at once, then one token per call."""
+    from torch.testing import assert_close
+
+    B, L = tokens.shape
+    with torch.no_grad():
+        full = lm(tokens)
+        cache = lm.new_cache(B, L)
+        steps = [lm(tokens[:, :prefix], cache=cache)] + [lm(tokens[:, t : t + 1], cache=cache) for t in range(prefix, L)]
+    assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)

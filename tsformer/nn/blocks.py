@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FFNS = ("mlp", "glu", "rwkv", "none")
+FFNS = ("mlp", "glu", "rwkv", "series", "none")
 """``model.ffn`` values:
 
 - ``mlp``: two linear layers around GELU (Vaswani et al. 2017);
@@ -15,6 +15,9 @@ FFNS = ("mlp", "glu", "rwkv", "none")
   the parameters equal the ``mlp``'s (:func:`glu_width`);
 - ``rwkv``: RWKV-4 channel mixing (Peng et al. 2023; it reads the previous position, so it
   keeps its own state in a decoding cache);
+- ``series``: PanGu-π's SIAF-MLP (Wang et al. 2023, Eq. 9), the MLP with a learned series of
+  shifted, scaled GELUs (``model.series``: ``terms``, ``context``;
+  :class:`tsformer.nn.pangu.SeriesFeedForward`);
 - ``none``: no feed-forward sublayer: with ``model.attention.persistent``, the all-attention
   layer of Sukhbaatar et al. 2019, whose persistent vectors take the feed-forward's place.
 """
@@ -53,9 +56,10 @@ class GLUFeedForward(nn.Module):
 
 
 def make_ffn(kind: str, d_model: int, d_ff: int, dropout: float, inner_dropout: bool = True, layer: int = 0,
-             n_layers: int = 1) -> nn.Module | None:
+             n_layers: int = 1, series: dict | None = None) -> nn.Module | None:
     """The feed-forward sublayer ``model.ffn`` names (None for ``none``). A module with
-    ``takes_cache`` is called as ``ff(x, cache=...)`` by the blocks.
+    ``takes_cache`` is called as ``ff(x, cache=...)`` by the blocks. ``series``: the
+    ``model.series`` options of ``series``.
 
     ``mlp`` keeps the layout the networks' checkpoints were written with:
     ``Linear, GELU, [Dropout], Linear, [Dropout]`` with dropout only where ``inner_dropout``.
@@ -67,6 +71,10 @@ def make_ffn(kind: str, d_model: int, d_ff: int, dropout: float, inner_dropout: 
         from tsformer.nn.attention.rwkv import RWKVChannelMix
 
         return RWKVChannelMix(d_model, d_ff, layer, n_layers)
+    if kind == "series":
+        from tsformer.nn.pangu import make_series
+
+        return make_series(d_model, d_ff, dropout, inner_dropout, series)
     if kind == "glu":
         return nn.Sequential(GLUFeedForward(d_model, d_ff, dropout if inner_dropout else 0.0),
                              *([nn.Dropout(dropout)] if inner_dropout else []))

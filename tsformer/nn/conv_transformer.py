@@ -19,6 +19,7 @@ from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.blocks import ReversibleCall, make_ffn, merge_pair, run_reversible
 from tsformer.nn.decoding import DecodeCache, KVCache, decode_values
 from tsformer.nn.likelihoods import GaussianHead
+from tsformer.nn.pangu import make_shortcut
 
 
 class ConvTransformerBlock(nn.Module):
@@ -29,15 +30,21 @@ class ConvTransformerBlock(nn.Module):
         d_model, d_ff: widths.
         attn: the attention layer (``(B, L, d) -> (B, L, d)``).
         dropout: feed-forward dropout.
-        ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        ffn: ``mlp``, ``glu``, ``rwkv``, ``series`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`);
+            ``series``: its ``model.series`` options.
+        shortcut, augmented: ``model.shortcut`` (``identity`` | ``augmented``: PanGu-π's
+            augmented shortcuts beside attention, :func:`tsformer.nn.pangu.make_shortcut`) and
+            ``model.augmented`` options.
     """
 
     def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp",
-                 layer: int = 0, n_layers: int = 1):
+                 layer: int = 0, n_layers: int = 1, series: dict | None = None, shortcut: str = "identity",
+                 augmented: dict | None = None):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = attn
-        self.ff = make_ffn(ffn, d_model, d_ff, dropout, layer=layer, n_layers=n_layers)
+        self.aug = make_shortcut(shortcut, d_model, augmented)
+        self.ff = make_ffn(ffn, d_model, d_ff, dropout, layer=layer, n_layers=n_layers, series=series)
         if self.ff is not None:
             self.ln2 = nn.LayerNorm(d_model)
 
@@ -48,7 +55,9 @@ class ConvTransformerBlock(nn.Module):
 
     def attn_branch(self, x: Tensor, lengths: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """The attention residual branch (also a reversible layer's ``F``)."""
-        return self.attn(self.ln1(x), lengths, cache=cache)
+        h = self.ln1(x)
+        y = self.attn(h, lengths, cache=cache)
+        return y if self.aug is None else y + self.aug(h)  # PanGu-π Eq. 4: MSA(z) + z + sum_i T_i(z)
 
     def ff_branch(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         """The feed-forward residual branch (a reversible layer's ``G``); zero without one."""
@@ -66,9 +75,11 @@ class ConvTransformerBlock(nn.Module):
 
 
 def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int, n_heads: int, d_ff: int,
-                conv_kernel: int, dropout: float, causal: bool | None, network: str, ffn: str = "mlp") -> nn.ModuleList:
+                conv_kernel: int, dropout: float, causal: bool | None, network: str, ffn: str = "mlp",
+                **parts) -> nn.ModuleList:
     """The forecasters' blocks: attention from ``model.attention`` (default: LogSparse
-    convolutional self-attention, Li et al. 2019) with the model's ``conv_kernel``."""
+    convolutional self-attention, Li et al. 2019) with the model's ``conv_kernel``; ``parts``:
+    ``series``, ``shortcut``, ``augmented`` (:class:`ConvTransformerBlock`)."""
     defaults = {"type": "conv", "pattern": "logsparse"}
     shared: dict = {}
     return nn.ModuleList(
@@ -76,7 +87,7 @@ def conv_blocks(attention: Mapping[str, Any] | None, n_layers: int, d_model: int
             d_model, d_ff,
             build_attention(attention, d_model, n_heads, causal=causal, defaults=defaults, network=network,
                             shared=shared, kernel_size=conv_kernel, out_dropout=dropout, layer=i, n_layers=n_layers),
-            dropout, ffn, i, n_layers,
+            dropout, ffn, i, n_layers, **parts,
         )
         for i in range(n_layers)
     )
@@ -121,6 +132,7 @@ class ConvTransformerForecaster(nn.Module):
         reversible: reversible residual layers (Reformer, Sec. 4;
             :func:`tsformer.nn.blocks.run_reversible`): activations are recomputed in the
             backward instead of stored.
+        series, shortcut, augmented: PanGu-π's parts (see :class:`ConvTransformerBlock`).
     """
 
     def __init__(
@@ -139,6 +151,9 @@ class ConvTransformerForecaster(nn.Module):
         static_embedding_dim: int = 4,
         ffn: str = "mlp",
         reversible: bool = False,
+        series: dict | None = None,
+        shortcut: str = "identity",
+        augmented: dict | None = None,
     ):
         super().__init__()
         self.reversible = bool(reversible)
@@ -148,7 +163,8 @@ class ConvTransformerForecaster(nn.Module):
         self.static_embeds = nn.ModuleList(nn.Embedding(max(c, 1), static_embedding_dim) for c in cards)
         self.inp = nn.Linear(1 + num_covariates + embedding_dim + len(cards) * static_embedding_dim, d_model)
         self.blocks = conv_blocks(attention, n_layers, d_model, n_heads, d_ff, conv_kernel, dropout, causal=True,
-                                  network="the forecaster (ConvTransformerForecaster)", ffn=ffn)
+                                  network="the forecaster (ConvTransformerForecaster)", ffn=ffn, series=series,
+                                  shortcut=shortcut, augmented=augmented)
         self.ln = nn.LayerNorm(d_model)
         self.head = GaussianHead(d_model)
 

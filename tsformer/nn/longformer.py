@@ -27,6 +27,7 @@ from tsformer.nn.decoding import DecodeCache, KVCache
 from tsformer.nn.precision import AUTOCAST, FP32LayerNorm
 from tsformer.nn.precision import autocast as autocast_context
 from tsformer.nn.unpad import Packing
+from tsformer.nn.pangu import make_shortcut
 
 
 def _per_layer(value: int | Sequence[int], n_layers: int, name: str) -> list[int]:
@@ -56,15 +57,20 @@ class LongformerLayer(nn.Module):
         d_model, d_ff: widths.
         attn: the attention layer (output projection included).
         dropout: residual dropout.
-        ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        ffn: ``mlp``, ``glu``, ``rwkv``, ``series`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        series, shortcut, augmented: PanGu-π's parts (``model.series``, ``model.shortcut``,
+            ``model.augmented``; see :class:`tsformer.nn.conv_transformer.ConvTransformerBlock`).
     """
 
     def __init__(self, d_model: int, d_ff: int, attn: AttentionLayer, dropout: float, ffn: str = "mlp",
-                 layer: int = 0, n_layers: int = 1):
+                 layer: int = 0, n_layers: int = 1, series: dict | None = None, shortcut: str = "identity",
+                 augmented: dict | None = None):
         super().__init__()
         self.norm1 = FP32LayerNorm(d_model)
         self.attn = attn
-        self.ff = make_ffn(ffn, d_model, d_ff, dropout, inner_dropout=False, layer=layer, n_layers=n_layers)
+        self.aug = make_shortcut(shortcut, d_model, augmented)
+        self.ff = make_ffn(ffn, d_model, d_ff, dropout, inner_dropout=False, layer=layer, n_layers=n_layers,
+                           series=series)
         if self.ff is not None:
             self.norm2 = FP32LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
@@ -85,9 +91,11 @@ class LongformerLayer(nn.Module):
         """The attention residual branch (also a reversible layer's ``F``)."""
         h = self.norm1(x)
         if packing is not None:
-            return self.drop(self.attn.forward_packed(h, packing, global_idx))
+            y = self.attn.forward_packed(h, packing, global_idx)
+            return self.drop(y if self.aug is None else y + self.aug(h))
         kw = {} if memory is None else {"memory": self.norm1(memory)}
-        return self.drop(self.attn(h, lengths, global_idx, cache=cache, **kw))
+        y = self.attn(h, lengths, global_idx, cache=cache, **kw)
+        return self.drop(y if self.aug is None else y + self.aug(h))  # PanGu-π Eq. 4
 
     def ff_branch(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         """The feed-forward residual branch (a reversible layer's ``G``); zero without one."""
@@ -122,7 +130,7 @@ class LongformerEncoder(nn.Module):
             fits), ``pattern`` (``window`` | ``full`` for Longformer), ``kernel``, ...
         truncate: keep only the first ``truncate`` tokens (None: all).
         dropout: residual and embedding dropout.
-        ffn: ``mlp``, ``glu`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
+        ffn: ``mlp``, ``glu``, ``rwkv``, ``series`` or ``none`` (:data:`tsformer.nn.blocks.FFNS`).
         unpad: run embeddings, projections, feed-forward and norms on the real tokens of a
             padded batch only, packed (MosaicBERT, Portes et al. 2023; :mod:`tsformer.nn.unpad`);
             attention still sees each document's own tokens. Bidirectional encoders only.
@@ -131,13 +139,16 @@ class LongformerEncoder(nn.Module):
         reversible: reversible residual layers (Reformer, Sec. 4;
             :func:`tsformer.nn.blocks.run_reversible`): activations are recomputed in the
             backward instead of stored, so training memory does not grow with depth.
+        series, shortcut, augmented: PanGu-π's parts (:class:`LongformerLayer`).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_heads: int = 4, n_layers: int = 2, d_ff: int = 256,
                  window: int | Sequence[int] = 256, dilation: int | Sequence[int] = 1, dilated_heads: int = 0,
                  max_tokens: int = 4096, positions: str = "learned", one_sided: bool = False,
                  attention: dict | None = None, truncate: int | None = None, dropout: float = 0.1,
-                 ffn: str = "mlp", unpad: bool = False, autocast: str | None = None, reversible: bool = False):
+                 ffn: str = "mlp", series: dict | None = None, shortcut: str = "identity",
+                 augmented: dict | None = None, unpad: bool = False, autocast: str | None = None,
+                 reversible: bool = False):
         super().__init__()
         if unpad and one_sided:
             raise ValueError("model.unpad needs a bidirectional encoder on padded batches; the character LM "
@@ -145,6 +156,9 @@ class LongformerEncoder(nn.Module):
         if unpad and ffn == "rwkv":
             raise ValueError("model.unpad cannot take model.ffn=rwkv: its token shift reads the previous "
                              "position of the padded layout, which packing removes")
+        if unpad and ffn == "series" and (series or {}).get("context", 0):
+            raise ValueError("model.unpad cannot take model.series.context > 0: the packed rows of neighbouring "
+                             "documents are adjacent, so the series would mix them; use context: 0")
         if unpad and reversible:
             raise ValueError("model.unpad and model.reversible cannot be combined yet: the packed path runs "
                              "the plain residual stack")
@@ -165,7 +179,8 @@ class LongformerEncoder(nn.Module):
             LongformerLayer(d_model, d_ff, build_attention(
                 {**attention, "window": w, "dilation": r}, d_model, n_heads, causal=one_sided or None,
                 defaults=defaults, network=name, shared=shared, dilated_heads=dilated_heads,
-                max_len=self.max_tokens, layer=i, n_layers=n_layers), dropout, ffn, i, n_layers)
+                max_len=self.max_tokens, layer=i, n_layers=n_layers), dropout, ffn, i, n_layers, series, shortcut,
+                augmented)
             for i, (w, r) in enumerate(zip(windows, dilations))
         )
         self.norm = FP32LayerNorm(d_model)

@@ -58,6 +58,9 @@ class PatchForecaster(nn.Module):
         attention: dict[str, Any] | None = None,
         ffn: str = "mlp",
         reversible: bool = False,
+        series: dict | None = None,
+        shortcut: str = "identity",
+        augmented: dict | None = None,
     ):
         super().__init__()
         self.reversible = bool(reversible)
@@ -70,7 +73,8 @@ class PatchForecaster(nn.Module):
         self.pos = nn.Parameter(torch.randn(self.num_patches, d_model) * 0.02)
         self.drop = nn.Dropout(dropout)
         self.blocks = conv_blocks(attention, n_layers, d_model, n_heads, d_ff, conv_kernel, dropout, causal=None,
-                                  network="PatchForecaster", ffn=ffn)
+                                  network="PatchForecaster", ffn=ffn, series=series, shortcut=shortcut,
+                                  augmented=augmented)
         self.ln = nn.LayerNorm(d_model)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(self.num_patches * d_model, horizon)
