@@ -24,10 +24,10 @@ from tsformer.nn.attention import AttentionLayer, build_attention
 from tsformer.nn.attention.base import rename_keys
 from tsformer.nn.blocks import ReversibleCall, make_ffn, merge_pair, run_reversible
 from tsformer.nn.decoding import DecodeCache, KVCache
+from tsformer.nn.pangu import make_shortcut
 from tsformer.nn.precision import AUTOCAST, FP32LayerNorm
 from tsformer.nn.precision import autocast as autocast_context
 from tsformer.nn.unpad import Packing
-from tsformer.nn.pangu import make_shortcut
 
 
 def _per_layer(value: int | Sequence[int], n_layers: int, name: str) -> list[int]:
