@@ -40,16 +40,22 @@ class Utterance:
     where: str = ""
 
 
+def make_fbank(features: dict) -> LogMelFilterbank:
+    """The log-mel filterbank of an ``fbank`` features config (waveform in, ``(T, n_mels)`` out)."""
+    return LogMelFilterbank(
+        n_mels=int(features.get("n_mels", 80)), sample_rate=int(features.get("sample_rate", 16000)),
+        n_fft=int(features.get("n_fft", 512)), win_length=int(features.get("win_length", 400)),
+        hop_length=int(features.get("hop_length", 160)),
+    )
+
+
 def make_feature_extractor(features: dict):
     """``fn(path, speed=1.0, offset=0.0, duration=None) -> (T, F)`` for a features config
     (type ``fbank`` or ``sphinx``; ``offset``/``duration`` in seconds select part of a file)."""
     kind = features.get("type", "fbank")
     if kind == "fbank":
         sr = int(features.get("sample_rate", 16000))
-        fbank = LogMelFilterbank(
-            n_mels=int(features.get("n_mels", 80)), sample_rate=sr, n_fft=int(features.get("n_fft", 512)),
-            win_length=int(features.get("win_length", 400)), hop_length=int(features.get("hop_length", 160)),
-        )
+        fbank = make_fbank(features)
         resample = bool(features.get("resample", True))
 
         def fn(path: str, speed: float = 1.0, offset: float = 0.0, duration: float | None = None) -> Tensor:
