@@ -31,8 +31,8 @@ SR, STEP = 16000, 640  # samples per output frame (x4 subsampling of 10 ms frame
 
 
 class StubCTC(nn.Module):
-    """Spells ``WORDS[loudest band % 10]`` at every onset of sound, one character every
-    second frame (blanks between), from the log-mel features alone."""
+    """Spells ``WORDS[loudest band % 10]`` at every onset of sound, each character over two
+    frames and a blank, from the log-mel features alone."""
 
     def __init__(self, input_dim: int = 80, symbols: list[str] = SYMBOLS):
         super().__init__()
@@ -55,9 +55,10 @@ class StubCTC(nn.Module):
         for i in range(1, T):
             if active[i] and not active[i - 1]:
                 w = WORDS[int(f[4 * i + 3].argmax()) % 10] + " "
-                for j, c in enumerate(w):
-                    if i + 2 * j < T:
-                        path[i + 2 * j] = self.ids[c]
+                for j, c in enumerate(w):  # each character held two frames: repeats to merge at seams
+                    for t in (i + 3 * j, i + 3 * j + 1):
+                        if t < T:
+                            path[t] = self.ids[c]
         lp = torch.full((1, T, self.vocab), -20.0)
         lp[0, torch.arange(T), torch.tensor(path)] = 0.0
         return lp.log_softmax(-1), out_len
