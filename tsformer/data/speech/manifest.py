@@ -22,7 +22,6 @@ naming the manifest, the line and the file, or with ``skip_bad`` are logged and 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import random
 import unicodedata
@@ -30,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tsformer.data.errors import DataError
+from tsformer.data.jsonl import json_objects
 from tsformer.data.speech.audio import audio_info
 from tsformer.data.speech.datamodule import SpeechDataModule, Utterance
 
@@ -132,33 +132,21 @@ class _Reader:
     def jsonl(self) -> list[tuple[Utterance, str | None]]:
         rows = []
         pkey, tkey = self.path_column or "audio_filepath", self.text_column or "text"
-        with open(self.path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
+        for where, n, obj in json_objects(self.path, self.bad):
+            missing = [k for k in (pkey, tkey) if obj.get(k) is None]
+            if missing:
+                self.bad(f"{where}: missing key {missing[0]!r} (keys: {sorted(obj)})")
+                continue
+            split = None
+            if self.split_column and self.split_column in obj:
+                self.has_split = True
+                split = self.split_of(obj[self.split_column], where)
+                if split is None:
                     continue
-                where = f"{self.path}: line {n}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    self.bad(f"{where}: invalid JSON ({e.msg})")
-                    continue
-                if not isinstance(obj, dict):
-                    self.bad(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                    continue
-                missing = [k for k in (pkey, tkey) if obj.get(k) is None]
-                if missing:
-                    self.bad(f"{where}: missing key {missing[0]!r} (keys: {sorted(obj)})")
-                    continue
-                split = None
-                if self.split_column and self.split_column in obj:
-                    self.has_split = True
-                    split = self.split_of(obj[self.split_column], where)
-                    if split is None:
-                        continue
-                u = self.utterance(f"{self.path.name}:{n}", where, str(obj[pkey]), obj[tkey], obj.get("offset"),
-                                   obj.get("duration"))
-                if u is not None:
-                    rows.append((u, split))
+            u = self.utterance(f"{self.path.name}:{n}", where, str(obj[pkey]), obj[tkey], obj.get("offset"),
+                               obj.get("duration"))
+            if u is not None:
+                rows.append((u, split))
         return rows
 
     def table(self, delimiter: str) -> list[tuple[Utterance, str | None]]:
