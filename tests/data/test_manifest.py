@@ -138,6 +138,9 @@ def test_kaldi_piped_commands_and_missing_text_are_errors(tmp_path):
     (d / "wav.scp").write_text(f"a {SAMPLE / 'audio' / '1_george_10.wav'}\nb {SAMPLE / 'audio' / '2_george_10.wav'}\n")
     with pytest.raises(DataError, match=r"wav.scp: line 2: utterance 'b' has no line in .*text"):
         read_manifest(d)
+    (d / "text").write_text("a one\nb ...\n")
+    with pytest.raises(DataError, match=r"text: line 2: utterance 'b' .*2_george_10.wav\): empty transcript"):
+        read_manifest(d)
     with pytest.raises(DataError, match="not a Kaldi data directory"):
         read_manifest(tmp_path)
 

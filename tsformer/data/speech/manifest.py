@@ -241,6 +241,9 @@ class _Reader:
                 self.bad(f"{where}: recording {rec!r} has no line in {d / 'wav.scp'}")
                 continue
             text, twhere = texts[uid]
+            if not clean_transcript(text, self.punctuation):
+                self.bad(f"{twhere}: utterance {uid!r} ({wavs[rec][0]}): empty transcript")
+                continue
             u = self.utterance(uid, where, wavs[rec][0], text, start or None, None if end is None else end - start)
             if u is not None:
                 rows.append((u, None))
