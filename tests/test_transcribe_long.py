@@ -197,3 +197,5 @@ def test_output_formats_are_well_formed(recording, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "srt").iterdir()) == sorted(p.stem + ".srt" for p in d.glob("*.wav"))
     with pytest.raises(SystemExit, match="format=doc"):
         main([f"ckpt={ckpt}", f"audio={d}", "format=doc"])
+    with pytest.raises(SystemExit, match="split=silence: choose one of vad, fixed"):
+        main([f"ckpt={ckpt}", f"audio={d}", "split=silence"])

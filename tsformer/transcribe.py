@@ -37,7 +37,7 @@ import torch
 from tsformer.data.errors import DataError
 from tsformer.data.speech.audio import AUDIO_SUFFIXES
 from tsformer.data.speech.datamodule import make_fbank, make_feature_extractor
-from tsformer.data.speech.stream import audio_windows
+from tsformer.data.speech.stream import SPLITS, audio_windows
 from tsformer.data.tokenizers import BLANK, tokenizer_from_state
 from tsformer.nn.ctc import ctc_decode
 
@@ -63,6 +63,8 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         raise SystemExit(f"format={args['format']}: choose one of {', '.join(FORMATS)}")
     if args.get("level", "word") not in ("word", "segment"):
         raise SystemExit(f"level={args['level']}: choose word or segment")
+    if args.get("split", "vad") not in SPLITS:
+        raise SystemExit(f"split={args['split']}: choose one of {', '.join(SPLITS)}")
     for key in ("window", "context"):
         try:
             if key in args and float(args[key]) < (0 if key == "context" else 0.1):
