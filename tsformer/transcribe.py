@@ -1,11 +1,23 @@
-"""Transcribe audio (or Sphinx feature) files with a trained CTC checkpoint.
+"""Transcribe audio (or Sphinx feature) files with a trained CTC checkpoint, of any length.
 
     python -m tsformer.transcribe ckpt=outputs/.../checkpoints/best.ckpt audio=speech.flac
     python -m tsformer.transcribe ckpt=best.ckpt audio=folder/ out=hyps.tsv decoding=beam beam_width=16
+    python -m tsformer.transcribe ckpt=best.ckpt audio=meeting.wav format=srt output=meeting.srt
 
 Arguments are ``key=value`` pairs: ``ckpt`` (required), ``audio`` (a file or a folder,
-searched recursively), ``out`` (write ``<file>\\t<text>`` lines there instead of printing),
+searched recursively), ``out``/``output`` (write there instead of printing; atomically),
 ``decoding`` (``greedy`` | ``beam``; default: the checkpoint's), ``beam_width``, ``device``.
+
+Long recordings: a file longer than ``window`` seconds (default 15), and every file when
+``format=tsv|json|srt`` asks for time stamps, is read window by window
+(:func:`tsformer.data.speech.stream.audio_windows`: ``window``, ``context`` seconds on each
+side (default 1.5), ``split=vad|fixed``) and decoded greedily frame by frame: each window
+keeps the output frames of its own stretch only, so words at the seams are neither lost nor
+repeated, and memory stays flat in the recording's length. ``format=tsv`` writes one word
+per line (``start end word``, seconds; ``level=segment``: one pause-delimited segment per
+line), ``json`` the text, words and segments, ``srt`` numbered subtitles of the segments.
+With a folder of inputs, ``output`` is a folder (``<name>.<format>`` per file).
+
 The checkpoint alone is enough: it holds the network's constructor arguments, the tokenizer,
 the feature settings and the normalisation statistics; it is loaded weights-only.
 """
@@ -13,32 +25,52 @@ the feature settings and the normalisation statistics; it is loaded weights-only
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from tsformer.data.errors import DataError
 from tsformer.data.speech.audio import AUDIO_SUFFIXES
-from tsformer.data.speech.datamodule import make_feature_extractor
-from tsformer.data.tokenizers import tokenizer_from_state
+from tsformer.data.speech.datamodule import make_fbank, make_feature_extractor
+from tsformer.data.speech.stream import SPLITS, audio_windows
+from tsformer.data.tokenizers import BLANK, tokenizer_from_state
 from tsformer.nn.ctc import ctc_decode
 
-USAGE = "usage: python -m tsformer.transcribe ckpt=<checkpoint> audio=<file or folder> [out=<file>] " \
-        "[decoding=greedy|beam] [beam_width=N] [device=cpu]"
+USAGE = "usage: python -m tsformer.transcribe ckpt=<checkpoint> audio=<file or folder> [output=<file or folder>] " \
+        "[format=tsv|json|srt] [level=word|segment] [decoding=greedy|beam] [beam_width=N] [window=15] " \
+        "[context=1.5] [split=vad|fixed] [device=cpu]"
+OPTIONS = ("ckpt", "audio", "out", "output", "format", "level", "decoding", "beam_width", "window", "context",
+           "split", "device")
+FORMATS = ("tsv", "json", "srt")
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     args = {}
     for a in argv:
         key, eq, value = a.partition("=")
-        if not eq or key not in ("ckpt", "audio", "out", "decoding", "beam_width", "device"):
+        if not eq or key not in OPTIONS:
             raise SystemExit(f"bad argument {a!r}\n{USAGE}")
-        args[key] = value
+        args["out" if key == "output" else key] = value
     for key in ("ckpt", "audio"):
         if key not in args:
             raise SystemExit(f"missing {key}=...\n{USAGE}")
+    if args.get("format", "tsv") not in FORMATS:
+        raise SystemExit(f"format={args['format']}: choose one of {', '.join(FORMATS)}")
+    if args.get("level", "word") not in ("word", "segment"):
+        raise SystemExit(f"level={args['level']}: choose word or segment")
+    if args.get("split", "vad") not in SPLITS:
+        raise SystemExit(f"split={args['split']}: choose one of {', '.join(SPLITS)}")
+    for key in ("window", "context"):
+        try:
+            if key in args and float(args[key]) < (0 if key == "context" else 0.1):
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"{key}={args[key]}: expected seconds (window at least 0.1)") from None
     return args
 
 
@@ -79,29 +111,171 @@ def transcribe(files: list[Path], net, tokenizer, asr: dict, decoding: str, beam
         yield f, tokenizer.decode(ids)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+# -- long recordings ----------------------------------------------------------------------------
+@dataclass
+class Word:
+    """A recognised word and its time span in seconds."""
+
+    word: str
+    start: float
+    end: float
+
+
+def output_stride(net) -> int:
+    """Input feature frames per output frame of ``net`` (4 for the Conformer's subsampling)."""
+    if hasattr(net, "output_lengths"):
+        a, b = net.output_lengths(torch.tensor([4000, 8000])).tolist()
+    else:  # any CTC network: ask it
+        dim = net.config["input_dim"]
+        a, b = (int(net(torch.zeros(1, n, dim), torch.tensor([n]))[1][0]) for n in (400, 800))
+        a, b = a * 10, b * 10
+    return max(1, round(4000 / max(1, b - a)))
+
+
+@torch.no_grad()
+def window_tokens(path: str | Path, net, asr: dict, window: float = 15.0, context: float = 1.5, split: str = "vad",
+                  device: str = "cpu") -> Iterator[tuple[int, int, float]]:
+    """``(token id, output frame, seconds per frame)`` of every token greedy CTC decoding emits.
+
+    Each window's arg-max path is kept over its own stretch only, and repeats are merged
+    across the seams as within a window, so the result is one best path over the whole
+    recording (:func:`tsformer.data.speech.stream.audio_windows`).
+    """
+    features = asr["features"]
+    if features.get("type", "fbank") != "fbank":
+        raise SystemExit("long recordings and time stamps need an audio checkpoint (features.type=fbank)")
+    fbank = make_fbank(features).to(device)
+    sr, hop = int(features.get("sample_rate", 16000)), int(features.get("hop_length", 160))
+    grid = output_stride(net) * hop / sr
+    prev = BLANK
+    for w in audio_windows(path, sr, window, context, grid, split, resample=bool(features.get("resample", True))):
+        feats = fbank(w.samples.to(device))
+        log_probs, lens = net(feats[None], torch.tensor([feats.shape[0]], device=device))
+        best = log_probs[0, : int(lens[0])].argmax(-1).tolist()
+        for g in range(w.keep_start, min(w.keep_end, w.start + len(best))):
+            tok = best[g - w.start]
+            if tok != prev and tok != BLANK:
+                yield tok, g, grid
+            prev = tok
+
+
+def tokens_to_words(tokens, token_texts: list[str]) -> list[Word]:
+    """Words with time spans from ``(token id, frame, seconds per frame)``: a word runs from its
+    first token's frame to the end of its last token's frame; a space in a token's text (a
+    space character, or SentencePiece's word-start mark) ends the word before."""
+    words: list[Word] = []
+    cur, span = [], None
+    for tok, g, grid in tokens:
+        for c in token_texts[tok]:
+            if c.isspace():
+                if cur:
+                    words.append(Word("".join(cur), round(span[0], 3), round(span[1], 3)))
+                cur, span = [], None
+                continue
+            cur.append(c)
+            span = (g * grid if span is None else span[0], (g + 1) * grid)
+    if cur:
+        words.append(Word("".join(cur), round(span[0], 3), round(span[1], 3)))
+    return words
+
+
+def words_to_segments(words: list[Word], pause: float = 0.5, longest: float = 6.0) -> list[Word]:
+    """Words grouped into segments at pauses longer than ``pause`` seconds, or before a
+    segment would pass ``longest`` seconds."""
+    segs: list[Word] = []
+    for w in words:
+        if segs and w.start - segs[-1].end <= pause and w.end - segs[-1].start <= longest:
+            segs[-1] = Word(f"{segs[-1].word} {w.word}", segs[-1].start, w.end)
+        else:
+            segs.append(Word(w.word, w.start, w.end))
+    return segs
+
+
+def transcribe_long(path: str | Path, net, tokenizer, asr: dict, window: float = 15.0, context: float = 1.5,
+                    split: str = "vad", device: str = "cpu") -> dict:
+    """``{"audio", "text", "words": [Word], "segments": [Word]}`` of a recording of any length."""
+    words = tokens_to_words(window_tokens(path, net, asr, window, context, split, device), tokenizer.token_texts())
+    return {"audio": str(path), "text": " ".join(w.word for w in words), "words": words,
+            "segments": words_to_segments(words)}
+
+
+def _srt_time(t: float) -> str:
+    ms = int(round(t * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def format_result(result: dict, fmt: str, level: str = "word") -> str:
+    """``result`` of :func:`transcribe_long` as TSV (``start end text`` with a header), JSON or SRT."""
+    if fmt == "json":
+        out = {**result, "words": [asdict(w) for w in result["words"]],
+               "segments": [{"start": s.start, "end": s.end, "text": s.word} for s in result["segments"]]}
+        return json.dumps(out, indent=1, ensure_ascii=False) + "\n"
+    if fmt == "srt":
+        return "".join(f"{i}\n{_srt_time(s.start)} --> {_srt_time(s.end)}\n{s.word}\n\n"
+                       for i, s in enumerate(result["segments"], 1))
+    rows = result["words"] if level == "word" else result["segments"]
+    return f"start\tend\t{level}\n" + "".join(f"{r.start:.3f}\t{r.end:.3f}\t{r.word}\n" for r in rows)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _duration(path: Path) -> float:
+    import soundfile as sf
+
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception:
+        return 0.0  # unreadable: the reader names the file
+
+
+def run(args: dict[str, str]) -> None:
+    """Transcribe per the parsed arguments (:func:`parse_args`), printing or writing the results."""
     device = args.get("device", "cpu")
     net, tokenizer, asr = load_recognizer(args["ckpt"], device)
     dec = asr.get("decoding", {})
     decoding = args.get("decoding", dec.get("method", "greedy"))
     beam_width = int(args.get("beam_width", dec.get("beam_width", 8)))
-    files = find_inputs(Path(args["audio"]), asr["features"])
+    src = Path(args["audio"])
+    files = find_inputs(src, asr["features"])
+    fmt, out = args.get("format"), Path(args["out"]) if "out" in args else None
+    long_kw = {"window": float(args.get("window", 15.0)), "context": float(args.get("context", 1.5)),
+               "split": args.get("split", "vad"), "device": device}
+    audio_in = asr["features"].get("type", "fbank") == "fbank"
     lines = []
+    for f in files:
+        if fmt or (audio_in and _duration(f) > long_kw["window"]):
+            result = transcribe_long(f, net, tokenizer, asr, **long_kw)
+        else:
+            result = {"text": next(transcribe([f], net, tokenizer, asr, decoding, beam_width, device))[1]}
+        if fmt is None:
+            lines.append(f"{f}\t{result['text']}\n")
+            if out is None:
+                print(lines.pop(), end="", flush=True)
+            continue
+        text = format_result(result, fmt, args.get("level", "word"))
+        if out is None:
+            print(text, end="", flush=True)
+        else:
+            dest = out if not src.is_dir() else out / f.relative_to(src).with_suffix(f".{fmt}")
+            write_atomic(dest, text)
+            print(f"wrote {dest}")
+    if fmt is None and out is not None:
+        write_atomic(out, "".join(lines))
+        print(f"wrote {len(lines)} transcripts to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        for f, text in transcribe(files, net, tokenizer, asr, decoding, beam_width, device):
-            if "out" in args:
-                lines.append(f"{f}\t{text}\n")
-            else:
-                print(f"{f}\t{text}", flush=True)
+        run(args)
     except DataError as e:
         raise SystemExit(str(e)) from None
-    if "out" in args:
-        out = Path(args["out"])
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text("".join(lines))
-        os.replace(tmp, out)
-        print(f"wrote {len(lines)} transcripts to {out}")
 
 
 if __name__ == "__main__":

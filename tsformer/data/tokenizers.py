@@ -67,16 +67,34 @@ class _Characters:
 
 
 # -- speech (CTC) ----------------------------------------------------------------------------
-def normalize_text(text: str) -> str:
-    """Upper-case with single spaces, the LibriSpeech / AN4 convention."""
-    return " ".join(text.upper().split())
+CASES = ("upper", "lower", "keep")
+
+
+def normalize_text(text: str, case: str = "upper") -> str:
+    """Single spaces and ``case`` (``upper``: the LibriSpeech / AN4 convention, ``lower`` or ``keep``)."""
+    if case == "upper":
+        text = text.upper()
+    elif case == "lower":
+        text = text.lower()
+    elif case != "keep":
+        raise ValueError(f"text case must be one of {', '.join(CASES)}, got {case!r}")
+    return " ".join(text.split())
 
 
 class Tokenizer:
-    """Base class of the CTC tokenizers. ``vocab_size`` counts the blank."""
+    """Base class of the CTC tokenizers. ``vocab_size`` counts the blank; ``case`` is the
+    transcripts' case (:func:`normalize_text`), kept in :meth:`state`."""
 
     blank = BLANK
     vocab_size: int
+    case = "upper"
+
+    def normalize(self, text: str) -> str:
+        return normalize_text(text, self.case)
+
+    def token_texts(self) -> list[str]:
+        """The surface text of every id (``""`` for the blank); a word starts after a space."""
+        raise NotImplementedError
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -93,21 +111,29 @@ class CharTokenizer(_Characters, Tokenizer):
 
     Args:
         symbols: the characters, in id order (ids start at 1).
+        case: ``upper`` | ``lower`` | ``keep`` (:func:`normalize_text`).
     """
 
+    def __init__(self, symbols: Iterable[str], case: str = "upper"):
+        super().__init__(symbols)
+        self.case = case
+
     @classmethod
-    def train(cls, texts: Iterable[str]) -> CharTokenizer:
-        return cls(sorted({c for t in texts for c in normalize_text(t)}))
+    def train(cls, texts: Iterable[str], case: str = "upper") -> CharTokenizer:
+        return cls(sorted({c for t in texts for c in normalize_text(t, case)}), case)
 
     def encode(self, text: str) -> list[int]:
-        return [self.index[c] for c in normalize_text(text) if c in self.index]
+        return [self.index[c] for c in self.normalize(text) if c in self.index]
+
+    def token_texts(self) -> list[str]:
+        return [""] + list(self.symbols)
 
     def decode(self, ids: Iterable[int]) -> str:
         chars = [self.symbols[i - 1] for i in ids if 0 < i <= len(self.symbols)]
         return " ".join("".join(chars).split())
 
     def state(self) -> dict:
-        return {"type": "char", "symbols": list(self.symbols)}
+        return {"type": "char", "symbols": list(self.symbols), "case": self.case}
 
 
 class CTCSentencePieceTokenizer(_SentencePieceModel, Tokenizer):
@@ -116,52 +142,61 @@ class CTCSentencePieceTokenizer(_SentencePieceModel, Tokenizer):
 
     Args:
         proto: the serialized SentencePiece model.
+        case: ``upper`` | ``lower`` | ``keep`` (:func:`normalize_text`).
     """
 
-    def __init__(self, proto: bytes):
+    def __init__(self, proto: bytes, case: str = "upper"):
         super().__init__(proto)
         self.vocab_size = self.sp.get_piece_size() + 1
+        self.case = case
 
     @classmethod
     def train(
-        cls, texts: Iterable[str], vocab_size: int = 64, model_type: str = "unigram"
+        cls, texts: Iterable[str], vocab_size: int = 64, model_type: str = "unigram", case: str = "upper"
     ) -> CTCSentencePieceTokenizer:
         if model_type not in ("unigram", "bpe"):
             raise ValueError(f"sentencepiece model_type must be unigram or bpe, got {model_type!r}")
-        return cls(train_sentencepiece([normalize_text(t) for t in texts], vocab_size, model_type,
-                                       character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0))
+        return cls(train_sentencepiece([normalize_text(t, case) for t in texts], vocab_size, model_type,
+                                       character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0), case)
 
     def encode(self, text: str) -> list[int]:
-        return [i + 1 for i in self.sp.encode(normalize_text(text))]
+        return [i + 1 for i in self.sp.encode(self.normalize(text))]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return normalize_text(self.sp.decode([int(i) - 1 for i in ids if int(i) > 0]))
+        return self.normalize(self.sp.decode([int(i) - 1 for i in ids if int(i) > 0]))
+
+    def token_texts(self) -> list[str]:
+        return [""] + [self.sp.id_to_piece(i).replace("\u2581", " ") for i in range(self.sp.get_piece_size())]
 
     def state(self) -> dict:
-        return {"type": "sentencepiece", "model": base64.b64encode(self.proto).decode("ascii")}
+        return {"type": "sentencepiece", "model": base64.b64encode(self.proto).decode("ascii"), "case": self.case}
 
 
-def build_tokenizer(texts: list[str], type: str = "char", vocab_size: int = 64, model_type: str = "unigram") -> Tokenizer:
+def build_tokenizer(texts: list[str], type: str = "char", vocab_size: int = 64, model_type: str = "unigram",
+                    case: str = "upper") -> Tokenizer:
     """Train the configured CTC tokenizer on the training transcripts.
 
     Args:
         texts: training transcripts.
         type: ``char`` or ``sentencepiece``.
         vocab_size, model_type: SentencePiece settings (ignored for ``char``).
+        case: the transcripts' case, ``upper`` | ``lower`` | ``keep``.
     """
+    normalize_text("", case)  # an unknown case fails here, before training
     if type == "char":
-        return CharTokenizer.train(texts)
+        return CharTokenizer.train(texts, case)
     if type == "sentencepiece":
-        return CTCSentencePieceTokenizer.train(texts, vocab_size=vocab_size, model_type=model_type)
+        return CTCSentencePieceTokenizer.train(texts, vocab_size=vocab_size, model_type=model_type, case=case)
     raise ValueError(f"unknown tokenizer type {type!r}; choose char or sentencepiece")
 
 
 def tokenizer_from_state(state: dict) -> Tokenizer:
     """Rebuild a CTC tokenizer from :meth:`Tokenizer.state`."""
+    case = state.get("case", "upper")  # checkpoints older than the setting are upper-case
     if state["type"] == "char":
-        return CharTokenizer(state["symbols"])
+        return CharTokenizer(state["symbols"], case)
     if state["type"] == "sentencepiece":
-        return CTCSentencePieceTokenizer(base64.b64decode(state["model"]))
+        return CTCSentencePieceTokenizer(base64.b64decode(state["model"]), case)
     raise ValueError(f"unknown tokenizer state type {state['type']!r}")
 
 

@@ -218,6 +218,10 @@ class ConformerCTC(nn.Module):
                                          subsampling_channels)
         self.head = nn.Linear(d_model, vocab_size)
 
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Output frames (after the x4 subsampling) of ``(N,)`` input frame counts."""
+        return self.encoder.subsample.output_lengths(lengths)
+
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, T, F)`` features, ``(B,)`` lengths -> ``(B, T', V)`` log-probabilities, ``(B,)`` lengths."""
         h, out_lengths = self.encoder(self._normalise(feats, lengths), lengths)

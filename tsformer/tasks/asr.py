@@ -80,6 +80,13 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
             self.asr_state = {k: checkpoint["asr"][k] for k in ("tokenizer", "features")}
             self.tokenizer = tokenizer_from_state(self.asr_state["tokenizer"])
 
+    def check_data(self, datamodule) -> None:
+        """Utterances too short for CTC to emit their transcripts (after the network's
+        subsampling) fail here, naming the manifest line and file, before anything is
+        written; with ``data.skip_bad=true`` they are dropped with a warning."""
+        if hasattr(datamodule, "check_ctc_lengths") and hasattr(self.net, "output_lengths"):
+            datamodule.check_ctc_lengths(self.net.output_lengths)
+
     # -- steps ---------------------------------------------------------------
     def _forward_loss(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         log_probs, out_lens = self.net(batch["feats"], batch["feat_lens"])

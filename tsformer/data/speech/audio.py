@@ -5,6 +5,7 @@ The network-side parts (SpecAugment, global mean/variance normalisation) are
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -15,6 +16,28 @@ from torch import Tensor, nn
 from tsformer.data.errors import DataError
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif")
+
+log = logging.getLogger(__name__)
+_said_stereo = False
+
+
+def to_mono(wave: np.ndarray, path: str | Path) -> Tensor:
+    """``(N, C)`` samples -> ``(N,)`` float32, channels averaged (said once per process in the log)."""
+    global _said_stereo
+    if wave.shape[1] > 1 and not _said_stereo:
+        log.info("%s: %d channels mixed down to mono (said once; other multi-channel files are too)", path,
+                 wave.shape[1])
+        _said_stereo = True
+    return torch.from_numpy(np.ascontiguousarray(wave.mean(1), dtype=np.float32))
+
+
+def resample_to(x: Tensor, sr: int, sample_rate: int) -> Tensor:
+    """``x`` at ``sr`` Hz resampled to ``sample_rate`` Hz (torchaudio, windowed sinc)."""
+    if sr == sample_rate:
+        return x
+    import torchaudio.functional as AF
+
+    return AF.resample(x, sr, sample_rate)
 
 
 def audio_info(path: str | Path) -> tuple[int, int]:
@@ -30,43 +53,44 @@ def audio_info(path: str | Path) -> tuple[int, int]:
     return int(info.frames), int(info.samplerate)
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000, resample: bool = True) -> Tensor:
-    """Mono float32 waveform at ``sample_rate``.
+def load_audio(path: str | Path, sample_rate: int = 16000, resample: bool = True, offset: float = 0.0,
+               duration: float | None = None) -> Tensor:
+    """Mono float32 waveform at ``sample_rate`` (channels averaged).
 
     Args:
         path: any format soundfile reads (FLAC, WAV, OGG, ...).
         sample_rate: the rate the features expect.
         resample: resample other rates (torchaudio); if False, another rate is a DataError.
+        offset, duration: the part to read, in seconds (``duration`` None: to the end).
     Returns:
         ``(N,)`` samples in ``[-1, 1]``.
     """
     import soundfile as sf
 
     try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            start = int(round(offset * sr))
+            if start:
+                f.seek(min(start, f.frames))
+            wave = f.read(-1 if duration is None else int(round(duration * sr)), dtype="float32", always_2d=True)
     except Exception as e:
         raise DataError(f"{path}: unreadable audio file ({e})") from None
     if wave.shape[0] == 0:
-        raise DataError(f"{path}: empty audio file (0 samples)")
-    x = torch.from_numpy(np.ascontiguousarray(wave.mean(1)))
-    if sr != sample_rate:
-        if not resample:
-            raise DataError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (set resample=true to convert)")
-        import torchaudio.functional as AF
-
-        x = AF.resample(x, sr, sample_rate)
-    return x
+        part = f" from {offset:g} s" if offset or duration is not None else ""
+        raise DataError(f"{path}: empty audio{part} (0 samples)")
+    if sr != sample_rate and not resample:
+        raise DataError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (set resample=true to convert)")
+    return resample_to(to_mono(wave, path), sr, sample_rate)
 
 
 def speed_perturb(wave: Tensor, factor: float, sample_rate: int = 16000) -> Tensor:
     """Kaldi-style speed perturbation: resample so the audio plays ``factor`` times faster."""
     if factor == 1.0:
         return wave
-    import torchaudio.functional as AF
-
     orig = int(round(sample_rate * factor))
     g = math.gcd(orig, sample_rate)
-    return AF.resample(wave, orig // g, sample_rate // g)
+    return resample_to(wave, orig // g, sample_rate // g)
 
 
 class LogMelFilterbank(nn.Module):

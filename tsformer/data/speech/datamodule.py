@@ -23,35 +23,52 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Utterance:
-    """One utterance: ``path`` is audio (or a feature file), ``text`` its transcript."""
+    """One utterance: ``path`` is audio (or a feature file), ``text`` its transcript.
+
+    ``num_frames`` counts the utterance's samples at ``sample_rate`` (0: unknown);
+    ``offset``/``duration`` (seconds) select a part of the file; ``where`` names the
+    manifest line it came from, for error messages.
+    """
 
     id: str
     path: str
     text: str
     num_frames: int = 0
     sample_rate: int = 0
+    offset: float = 0.0
+    duration: float | None = None
+    where: str = ""
+
+
+def make_fbank(features: dict) -> LogMelFilterbank:
+    """The log-mel filterbank of an ``fbank`` features config (waveform in, ``(T, n_mels)`` out)."""
+    return LogMelFilterbank(
+        n_mels=int(features.get("n_mels", 80)), sample_rate=int(features.get("sample_rate", 16000)),
+        n_fft=int(features.get("n_fft", 512)), win_length=int(features.get("win_length", 400)),
+        hop_length=int(features.get("hop_length", 160)),
+    )
 
 
 def make_feature_extractor(features: dict):
-    """``fn(path, speed=1.0) -> (T, F)`` for a features config (type ``fbank`` or ``sphinx``)."""
+    """``fn(path, speed=1.0, offset=0.0, duration=None) -> (T, F)`` for a features config
+    (type ``fbank`` or ``sphinx``; ``offset``/``duration`` in seconds select part of a file)."""
     kind = features.get("type", "fbank")
     if kind == "fbank":
         sr = int(features.get("sample_rate", 16000))
-        fbank = LogMelFilterbank(
-            n_mels=int(features.get("n_mels", 80)), sample_rate=sr, n_fft=int(features.get("n_fft", 512)),
-            win_length=int(features.get("win_length", 400)), hop_length=int(features.get("hop_length", 160)),
-        )
+        fbank = make_fbank(features)
         resample = bool(features.get("resample", True))
 
-        def fn(path: str, speed: float = 1.0) -> Tensor:
-            wave = load_audio(path, sr, resample)
+        def fn(path: str, speed: float = 1.0, offset: float = 0.0, duration: float | None = None) -> Tensor:
+            wave = load_audio(path, sr, resample, offset, duration)
             return fbank(speed_perturb(wave, speed, sr))
 
         return fn
     if kind == "sphinx":
         dim = int(features.get("dim", 13))
 
-        def fn(path: str, speed: float = 1.0) -> Tensor:
+        def fn(path: str, speed: float = 1.0, offset: float = 0.0, duration: float | None = None) -> Tensor:
+            if offset or duration is not None:
+                raise DataError(f"{path}: offset/duration need audio, not precomputed cepstra")
             return torch.from_numpy(read_sphinx_cepstra(path, dim))
 
         return fn
@@ -60,6 +77,21 @@ def make_feature_extractor(features: dict):
 
 def feature_dim(features: dict) -> int:
     return int(features.get("n_mels", 80)) if features.get("type", "fbank") == "fbank" else int(features.get("dim", 13))
+
+
+def feature_frames(features: dict, samples: int, sample_rate: int) -> int:
+    """Feature frames of ``samples`` audio samples at ``sample_rate`` (fbank: centred STFT
+    frames after resampling to the feature rate), without reading the audio."""
+    sr = int(features.get("sample_rate", 16000))
+    n = -(-samples * sr // sample_rate)  # ceil: torchaudio's resampled length
+    return 1 + n // int(features.get("hop_length", 160))
+
+
+def extract_utterance(extract, u: Utterance, speed: float = 1.0) -> Tensor:
+    """Features of one utterance (its part of the file when it has an offset or duration)."""
+    if u.offset or u.duration is not None:
+        return extract(u.path, speed, u.offset, u.duration)
+    return extract(u.path, speed)
 
 
 class UtteranceDataset(Dataset):
@@ -77,6 +109,7 @@ class UtteranceDataset(Dataset):
         self.utts, self.tokenizer, self.extract, self.cache = utts, tokenizer, extract, cache
         self.speeds = list(speeds or [])
         self.targets = [torch.tensor(tokenizer.encode(u.text), dtype=torch.long) for u in utts]
+        self.texts = [tokenizer.normalize(u.text) for u in utts]
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -87,8 +120,8 @@ class UtteranceDataset(Dataset):
         if self.cache is not None and speed == 1.0:
             feats = self.cache[i]
         else:
-            feats = self.extract(u.path, speed)
-        return {"feats": feats, "targets": self.targets[i], "text": normalize_text(u.text), "id": u.id}
+            feats = extract_utterance(self.extract, u, speed)
+        return {"feats": feats, "targets": self.targets[i], "text": self.texts[i], "id": u.id}
 
 
 def collate(items: list[dict]) -> dict:
@@ -176,19 +209,74 @@ class SpeechDataModule(pl.LightningDataModule):
         self.tokenizer = build_tokenizer([u.text for u in self.utts["train"]], **self.tokenizer_cfg)
         self.cache: dict[str, list[Tensor] | None] = {}
         for part, utts in self.utts.items():
-            self.cache[part] = [self.extract(u.path) for u in utts] if self.preload else None
+            self.cache[part] = [extract_utterance(self.extract, u) for u in utts] if self.preload else None
         train_feats = self.cache["train"]
         if train_feats is None:
             rng = random.Random(0)
             sample = rng.sample(self.utts["train"], min(self.stats_utterances, len(self.utts["train"])))
-            train_feats = [self.extract(u.path) for u in sample]
+            train_feats = [extract_utterance(self.extract, u) for u in sample]
         self.cmvn_mean, self.cmvn_std = feature_stats(train_feats)
-        self.datasets = {
-            part: UtteranceDataset(utts, self.tokenizer, self.extract, self.cache[part], self.speeds if part == "train" else None)
-            for part, utts in self.utts.items()
-        }
+        self.datasets = {part: self._dataset(part) for part in self.utts}
         log.info("speech data: %s utterances, vocabulary %d",
                  {k: len(v) for k, v in self.utts.items()}, self.tokenizer.vocab_size)
+
+    def _dataset(self, part: str) -> UtteranceDataset:
+        return UtteranceDataset(self.utts[part], self.tokenizer, self.extract, self.cache[part],
+                                self.speeds if part == "train" else None)
+
+    def check_ctc_lengths(self, output_lengths, skip_bad: bool | None = None) -> int:
+        """Every utterance must give the network enough output frames for CTC to emit its
+        transcript: at least one per token, plus one blank between repeated tokens.
+
+        Args:
+            output_lengths: the network's ``fn((N,) feature frames) -> (N,) output frames``.
+            skip_bad: drop such utterances with a warning (None: this module's ``skip_bad``).
+        Returns:
+            The number of utterances dropped.
+        Raises:
+            DataError: naming the manifest line and file of the first one (unless skipping).
+        """
+        skip = getattr(self, "skip_bad", False) if skip_bad is None else skip_bad
+        dropped = 0
+        for part, utts in self.utts.items():
+            frames = self._frames(part)
+            known = [i for i, f in enumerate(frames) if f > 0]
+            if not known:
+                continue
+            out = output_lengths(torch.tensor([frames[i] for i in known])).tolist()
+            bad = []
+            for i, n_out in zip(known, out):
+                t = self.datasets[part].targets[i].tolist()
+                need = len(t) + sum(a == b for a, b in zip(t, t[1:]))
+                if n_out < need:
+                    u = utts[i]
+                    msg = (f"{u.where or u.id}: {u.path}: too short for its transcript: {n_out} output frames "
+                           f"after the model's subsampling ({frames[i]} feature frames), CTC needs {need} for "
+                           f"{self.tokenizer.normalize(u.text)!r}")
+                    if not skip:
+                        raise DataError(msg + " (data.skip_bad=true skips such rows)")
+                    log.warning("skipping: %s", msg)
+                    bad.append(i)
+            if bad:
+                keep = [i for i in range(len(utts)) if i not in set(bad)]
+                self.utts[part] = [utts[i] for i in keep]
+                if self.cache[part] is not None:
+                    self.cache[part] = [self.cache[part][i] for i in keep]
+                self.datasets[part] = self._dataset(part)
+                dropped += len(bad)
+        if not self.utts["train"]:
+            raise DataError("no training utterances left after dropping those too short for their transcripts")
+        return dropped
+
+    def _frames(self, part: str) -> list[int]:
+        """Feature frames per utterance of ``part`` (0: unknown without reading it)."""
+        cache = self.cache.get(part)
+        if cache is not None:
+            return [int(f.shape[0]) for f in cache]
+        if self.features.get("type", "fbank") != "fbank":
+            return [0] * len(self.utts[part])
+        return [feature_frames(self.features, u.num_frames, u.sample_rate) if u.num_frames else 0
+                for u in self.utts[part]]
 
     def model_kwargs(self) -> dict:
         return {

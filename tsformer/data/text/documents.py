@@ -13,11 +13,11 @@ Bad input raises :class:`~tsformer.data.errors.DataError` naming the file and ro
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tsformer.data.errors import DataError
+from tsformer.data.jsonl import json_objects
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -115,30 +115,20 @@ def read_jsonl_docs(path: str | Path, text_field: str = "text", label_field: str
     """
     path = Path(path)
     texts, labels, splits, ids = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            for key in [text_field, label_field] + ([split_field] if split_field else []):
-                if key not in obj or obj[key] is None:
-                    raise DataError(f"{where}: missing key {key!r}")
-            text, label = obj[text_field], str(obj[label_field]).strip()
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"{where}: {text_field!r} must be a non-empty string")
-            if not label:
-                raise DataError(f"{where}: empty {label_field!r}")
-            texts.append(text)
-            labels.append(label)
-            ids.append(str(n))
-            if split_field:
-                splits.append(_split_name(obj[split_field], where))
+    for where, n, obj in json_objects(path):
+        for key in [text_field, label_field] + ([split_field] if split_field else []):
+            if key not in obj or obj[key] is None:
+                raise DataError(f"{where}: missing key {key!r}")
+        text, label = obj[text_field], str(obj[label_field]).strip()
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: {text_field!r} must be a non-empty string")
+        if not label:
+            raise DataError(f"{where}: empty {label_field!r}")
+        texts.append(text)
+        labels.append(label)
+        ids.append(str(n))
+        if split_field:
+            splits.append(_split_name(obj[split_field], where))
     if not texts:
         raise DataError(f"{path}: no documents")
     return TextTable(texts, labels, splits if split_field else None, ids)
