@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 import tsformer
+from tsformer.cli import command
 
 FORMAT = "tsformer-forecaster"
 FORMAT_VERSION = 1
@@ -147,8 +148,12 @@ def parse_args(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+DEFAULTS: dict[str, Any] = {"run": None, "out": "model.tsf"}
+
+
+@command(DEFAULTS, __doc__)
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv, {"run": None, "out": "model.tsf"})
+    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS)
     if not args["run"]:
         raise SystemExit("usage: python -m tsformer.export run=<run dir or checkpoint> out=model.tsf")
     try:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tsformer.cli import command
 from tsformer.data.errors import DataError
 from tsformer.export import ExportError, load_tsf, parse_args
 from tsformer.tasks.forecasting import forecast_batch
@@ -202,6 +203,7 @@ def forecast(**kwargs) -> pd.DataFrame:
     return fc
 
 
+@command(DEFAULTS, __doc__)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS)
     try:

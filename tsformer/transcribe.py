@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tsformer.cli import command
 from tsformer.data.errors import DataError
 from tsformer.data.speech.audio import AUDIO_SUFFIXES
 from tsformer.data.speech.datamodule import make_feature_extractor
@@ -79,6 +80,8 @@ def transcribe(files: list[Path], net, tokenizer, asr: dict, decoding: str, beam
         yield f, tokenizer.decode(ids)
 
 
+@command({"ckpt": None, "audio": None, "out": None, "decoding": "the checkpoint's", "beam_width": 8, "device": "cpu"},
+         __doc__)
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     device = args.get("device", "cpu")
