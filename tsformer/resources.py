@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The source checkout's root when the package runs from one (tests, benchmarks, data/).
 REPO_ROOT = PACKAGE_DIR.parent
-CONF_DIR = REPO_ROOT / "conf"
-CONF_SOURCE = str(CONF_DIR)  # Hydra's config_path
+CONF_DIR = PACKAGE_DIR / "conf"
+CONF_SOURCE = "pkg://tsformer.conf"  # Hydra's config_path: found through the package, from anywhere
 SAMPLES_DIR = PACKAGE_DIR / "sample_data"
 # The samples the wheel carries (pyproject.toml's package data lists the same folders).
 SHIPPED_SAMPLES = ("electricity", "textcls", "tinyshakespeare", "imdb", "hyperpartisan", "pgbooks_excerpt")

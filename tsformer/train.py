@@ -1,4 +1,4 @@
-"""Train and evaluate any task x model from the configs in ``conf/``.
+"""Train and evaluate any task x model from the configs in ``tsformer/conf/``.
 
     python -m tsformer.train task=electricity model=logsparse
     python -m tsformer.train task=electricity model=transformer trainer.max_steps=200 seed=1
