@@ -2,6 +2,7 @@
 from an empty folder, away from the checkout: the main job, an export and a forecast."""
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -26,8 +27,12 @@ def _run(cmd: list, cwd: Path, env: dict, timeout: int = 600) -> str:
 
 @pytest.mark.slow
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
-    # Build without isolation: the running environment's setuptools, no download.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps", "--no-build-isolation",
+    # From a copy of the source tree (no stale build/ folder), links kept (tsformer/sample_data);
+    # without build isolation: the running environment's setuptools, no download.
+    src = tmp_path / "src"
+    shutil.copytree(REPO_ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "outputs", "multirun", "runs", "__pycache__", ".*cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path / "wheel")], check=True, capture_output=True, timeout=600)
     (whl,) = (tmp_path / "wheel").glob("tsformer-*.whl")
     names = set(zipfile.ZipFile(whl).namelist())
