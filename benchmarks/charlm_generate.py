@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/charlm_generate.py [--steps 2000] [--prompt 100] [--threads 2]
 
-The default char LM (conf/model/longformer_lm.yaml, untrained: speed does not depend on the
+The default char LM (tsformer/conf/model/longformer_lm.yaml, untrained: speed does not depend on the
 weights, and greedy decoding makes both paths produce the same text, which is checked)
 continues a prompt by ``--steps`` characters, once with the cache (the prompt encoded once,
 one position per layer and character) and once recomputing the whole sequence for every new

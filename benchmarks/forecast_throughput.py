@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/forecast_throughput.py [--series 10000] [--device cpu|cuda]
 
-Context 168, horizon 24, 100 sample paths, the default LogSparse model (conf/model/logsparse.yaml,
+Context 168, horizon 24, 100 sample paths, the default LogSparse model (tsformer/conf/model/logsparse.yaml,
 untrained: speed does not depend on the weights). Times the same path as
 ``python -m tsformer.forecast`` (data preparation, then batched sampling with quantiles)
 and appends the figures to benchmarks/RESULTS.md.

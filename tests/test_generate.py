@@ -52,15 +52,14 @@ def test_decode_options_and_help(capsys):
         parse_args(["decode=beam"], DEFAULTS)
     with pytest.raises(SystemExit, match="lenght"):
         parse_args(["lenght=5"], DEFAULTS)
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
+    assert main(["--help"]) == 0
     shown = capsys.readouterr().out
-    assert "temperature=0.8" in shown and "decode=sequential" in shown and "decode.<key>" in shown
+    assert "temperature = 0.8" in shown and "decode=sequential" in shown and "decode.<key>" in shown
 
 
 def test_bad_runs_and_prompts_are_clear_errors(run, tmp_path, capsys):
-    assert main([f"run={tmp_path / 'nope'}", "prompt=a"]) == 2
-    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the one error policy (tsformer/cli.py): one line, status 2
+        main([f"run={tmp_path / 'nope'}", "prompt=a"])
+    assert e.value.code == 2 and "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="prompt is empty"):
         generate(run=str(run), prompt="")

@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 import tsformer
+from tsformer.cli import command
 
 FORMAT = "tsformer-forecaster"
 FORMAT_VERSION = 1
@@ -136,7 +137,7 @@ def load_tsf(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, di
 
 
 def decode_conf_dir() -> Path:
-    """Where the ``decode`` options live: ``conf/decode`` under the config root that
+    """Where the ``decode`` options live: ``tsformer/conf/decode`` under the config root that
     :mod:`tsformer.train` composes from (the one place that knows it)."""
     from tsformer.train import CONF_DIR
 
@@ -144,7 +145,7 @@ def decode_conf_dir() -> Path:
 
 
 def load_decode(name: str = "sequential", overrides: dict[str, Any] | list[str] | None = None) -> dict[str, Any]:
-    """The decoding options (#18): ``conf/decode/<name>.yaml`` with dotted ``overrides``
+    """The decoding options (#18): ``tsformer/conf/decode/<name>.yaml`` with dotted ``overrides``
     (``{"block": 8, "early_exit.tolerance": 0.01}`` or ``["block=8", ...]``) applied.
 
     Raises:
@@ -182,16 +183,14 @@ def parse_args(argv: list[str], defaults: dict[str, Any], usage: str | None = No
     """Hydra-style ``key=value`` arguments over ``defaults``; unknown keys are an error.
 
     Where ``defaults`` has a ``decode`` key (a decoder name), ``decode=<name>`` picks
-    ``conf/decode/<name>.yaml`` and ``decode.<key>=<value>`` sets its keys
+    ``tsformer/conf/decode/<name>.yaml`` and ``decode.<key>=<value>`` sets its keys
     (:func:`load_decode`); ``args["decode"]`` is then the options dict.
     ``--help``, ``-h`` or ``help=true`` prints the keys and their defaults and exits.
     """
     if any(a in ("--help", "-h", "help=true", "help=True") for a in argv):
-        print(usage or "arguments (key=value):")
-        for k, v in defaults.items():
-            print(f"  {k}={'null' if v is None else json.dumps(v) if isinstance(v, (list, dict, bool)) else v}")
-        if "decode" in defaults:
-            print("  decode.<key>=...: a key of conf/decode/<decode>.yaml (e.g. decode.block=8)")
+        from tsformer.cli import help_text
+
+        print(help_text(usage, defaults))
         raise SystemExit(0)
     bad = [a for a in argv if "=" not in a]
     if bad:
@@ -208,8 +207,12 @@ def parse_args(argv: list[str], defaults: dict[str, Any], usage: str | None = No
     return args
 
 
+DEFAULTS: dict[str, Any] = {"run": None, "out": "model.tsf"}
+
+
+@command(DEFAULTS, __doc__)
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv, {"run": None, "out": "model.tsf"})
+    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS)
     if not args["run"]:
         raise SystemExit("usage: python -m tsformer.export run=<run dir or checkpoint> out=model.tsf")
     try:

@@ -7,7 +7,7 @@ Every series of ``input`` (same columns as the training CSV) is forecast from it
 observed target value, for the trained horizon or a shorter one. Output, long format:
 ``series,time,mean,0.1,0.5,0.9``. It is written to a temporary file and renamed, so a
 killed run never leaves half a forecast file. Known covariates need ``horizon`` future
-rows (empty target) in the input. ``decode=jacobi`` (``conf/decode/jacobi.yaml``) draws
+rows (empty target) in the input. ``decode=jacobi`` (``tsformer/conf/decode/jacobi.yaml``) draws
 every path's noise up front and updates all horizon steps per forward pass (Jacobi
 iteration), reaching the paths sequential sampling gives with that noise.
 """
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tsformer.cli import command
 from tsformer.data.errors import DataError
 from tsformer.export import ExportError, load_decode, load_tsf, parse_args
 from tsformer.tasks.forecasting import forecast_batch
@@ -44,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "plot": False,  # PNG plots of history and forecast fan
     "plot_series": None,  # series ids to plot; null: the first 3
     "plot_dir": None,  # null: <output stem>_plots next to the output
-    "decode": "sequential",  # conf/decode/<name>.yaml: sequential | jacobi (decode.<key>=... sets its keys)
+    "decode": "sequential",  # tsformer/conf/decode/<name>.yaml: sequential | jacobi (decode.<key>=... sets its keys)
 }
 
 
@@ -212,6 +213,7 @@ def forecast(**kwargs) -> pd.DataFrame:
     return fc
 
 
+@command(DEFAULTS, __doc__)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, usage=__doc__)
     try:

@@ -8,7 +8,7 @@
 noise for every position up front from ``seed`` (Gumbel-max), so ``decode=sequential``,
 ``jacobi`` and ``lookahead`` give the same text; the faster ones only need fewer forward
 passes (see the README, "Faster decoding"). ``decode.<key>=...`` sets a key of
-``conf/decode/<decode>.yaml``. The text (prompt and continuation) goes to stdout and, with
+``tsformer/conf/decode/<decode>.yaml``. The text (prompt and continuation) goes to stdout and, with
 ``output=<file>``, to that file; the pass count and time go to stderr.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tsformer.cli import command
 from tsformer.export import ExportError, _find_checkpoint, load_decode, parse_args
 from tsformer.nn.decoding import generate_tokens, gumbel_noise, jacobi_tokens, lookahead_tokens
 
@@ -32,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "temperature": 0.8,  # 0: greedy (argmax)
     "top_k": None,  # sample among the k likeliest characters only (null: all)
     "seed": 0,  # sampling noise
-    "decode": "sequential",  # conf/decode/<name>.yaml: sequential | jacobi | lookahead
+    "decode": "sequential",  # tsformer/conf/decode/<name>.yaml: sequential | jacobi | lookahead
     "device": "cpu",  # cpu | cuda
     "output": None,  # also write the text to this file
 }
@@ -148,13 +149,13 @@ def generate(**kwargs) -> str:
     return text
 
 
+@command(DEFAULTS, __doc__)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, usage=__doc__)
     try:
         text = generate(**args)
-    except (ExportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # a decoder that cannot serve this model (e.g. lookahead on RWKV) says why
+        raise SystemExit(str(e)) from None
     print(text)
     return 0
 

@@ -1,4 +1,4 @@
-"""Train and evaluate any task x model from the configs in ``conf/``.
+"""Train and evaluate any task x model from the configs in ``tsformer/conf/``.
 
     python -m tsformer.train task=electricity model=logsparse
     python -m tsformer.train task=electricity model=transformer trainer.max_steps=200 seed=1
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,14 +32,9 @@ from tsformer.callbacks import (
     find_resume_checkpoint,
     progress_bar,
 )
+from tsformer.cli import discard_run_dir, user_errors
 from tsformer.plots import plot_settings, write_run_plots
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "conf"
-
-# Configs name shipped files relative to the repository, so the command works from any
-# working directory.
-OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+from tsformer.resources import CONF_DIR, CONF_SOURCE, REPO_ROOT  # noqa: F401 (REPO_ROOT: tests, benchmarks)
 
 log = logging.getLogger("tsformer")
 
@@ -292,6 +288,9 @@ def resolve_resume(cfg: DictConfig, hydra_dir: Path | None) -> None:
         if cfg.get("run_dir") is None:
             if hydra_dir is None:
                 raise ValueError("resume=true needs run_dir=<dir>")
+            if (hydra_dir / "checkpoints").is_dir():  # hydra.run.dir=<the killed run>: resume it
+                cfg.run_dir = str(hydra_dir)
+                return
             prev = latest_run_dir(hydra_dir.parent, exclude=hydra_dir)
             if prev is None:
                 raise CheckpointError(f"resume=true: no earlier run with checkpoints under {hydra_dir.parent}")
@@ -306,18 +305,35 @@ def resolve_resume(cfg: DictConfig, hydra_dir: Path | None) -> None:
         cfg.resume = True
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_SOURCE, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
-    resolve_resume(cfg, hydra_dir)
-    if cfg.get("run_dir") is None:
-        cfg.run_dir = str(hydra_dir)
-    metrics = train(cfg)
+    # An input or config problem: one line, status 2, and no run directory left holding only
+    # Hydra's files (tsformer/cli.py).
+    with user_errors(cleanup=lambda: discard_run_dir(hydra_dir)):
+        resolve_resume(cfg, hydra_dir)
+        if cfg.get("run_dir") is None:
+            cfg.run_dir = str(hydra_dir)
+        metrics = train(cfg)
     target = cfg.get("optimized_metric")
     return metrics.get(target) if target else None
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``tsformer-train`` and ``python -m tsformer.train``: :func:`main` behind the error policy.
+
+    The overrides are composed once before Hydra runs, so that a config Hydra cannot compose
+    (an unknown group option or key) is reported as one line with status 2 before any run
+    directory exists. Runs with flags (``--help``, ``-m``, ``--cfg``) go straight to Hydra.
+    """
+    argv = sys.argv[1:]
+    if not any(a.startswith("-") for a in argv):
+        with user_errors():
+            compose_config(argv)
     main()
+
+
+if __name__ == "__main__":
+    cli()

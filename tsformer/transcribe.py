@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from tsformer.data.errors import DataError
+from tsformer.cli import command
 from tsformer.data.speech.audio import AUDIO_SUFFIXES
 from tsformer.data.speech.datamodule import make_fbank, make_feature_extractor
 from tsformer.data.speech.stream import SPLITS, audio_windows
@@ -270,12 +270,14 @@ def run(args: dict[str, str]) -> None:
         print(f"wrote {len(lines)} transcripts to {out}")
 
 
+DEFAULTS = {"ckpt": None, "audio": None, "output": None, "format": "plain text; tsv | json | srt with time stamps",
+            "level": "word", "decoding": "the checkpoint's", "beam_width": 8, "window": 15.0, "context": 1.5,
+            "split": "vad", "device": "cpu"}
+
+
+@command(DEFAULTS, __doc__)
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except DataError as e:
-        raise SystemExit(str(e)) from None
+    run(parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -157,6 +157,9 @@ def read_long_csv(
         row = int(np.argmax(dup.to_numpy())) + 2
         raise DataError(f"{path}: row {row}: duplicate time {frame['time'].iloc[row - 2]} for series {frame['id'].iloc[row - 2]!r}")
     wide = frame.pivot(index="time", columns="id", values="value").sort_index()
+    if freq is None and len(wide) < 3:  # pandas needs three timestamps to infer a frequency
+        raise DataError(f"{path}: {len(wide)} distinct time(s) in column {time_col!r}, too few to infer "
+                        "the frequency (3 needed); give more rows or set data.freq")
     freq = freq or pd.infer_freq(wide.index[: min(len(wide), 1000)])
     if freq is None:
         raise DataError(f"{path}: cannot infer the frequency of {time_col!r}; set data.freq")
