@@ -84,7 +84,7 @@ def calibrate_forecast_exit(net: nn.Module, batches: list[dict[str, Tensor]], nu
         The calibrated rule (threshold ``NEVER`` when none is valid) and the record.
     """
     def draw(b, rule=None):
-        return forecast_batch(net, b, num_samples, torch.Generator(b["inputs"].device).manual_seed(seed), seed, rule)
+        return forecast_batch(net, b, num_samples, torch.Generator(b["inputs"].device).manual_seed(seed), seed, early_exit=rule)
 
     full = [draw(b) for b in batches]
 
