@@ -38,12 +38,13 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     names = set(zipfile.ZipFile(whl).namelist())
     for must in ("tsformer/conf/config.yaml", "tsformer/conf/task/electricity.yaml", "tsformer/conf/model/logsparse.yaml",
                  "tsformer/sample_data/electricity/df_electricity_sample.csv.gz",
-                 "tsformer/sample_data/textcls/shakespeare_speakers.csv"):
+                 "tsformer/sample_data/textcls/shakespeare_speakers.csv", "tsformer/sample_data/asr_sample/manifest.csv",
+                 "tsformer/sample_data/asr_sample/kaldi/train/wav.scp"):
         assert must in names, must
     assert not any("librispeech_sample" in n or n.endswith("prepare.py") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(whl).read(entry_points).decode()
-    for script in ("tsformer-train", "tsformer-export", "tsformer-forecast", "tsformer-transcribe"):
+    for script in ("tsformer-train", "tsformer-export", "tsformer-forecast", "tsformer-transcribe", "tsformer-generate"):
         assert script in scripts
 
     # A fresh environment that sees this one's packages (torch, lightning, ...) but not the
