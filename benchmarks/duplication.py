@@ -45,6 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import publish  # noqa: E402
 from tsformer.nn.longformer import LongformerCharLM  # noqa: E402
 
 QUICK = dict(length=64, symbols=31, d_model=64, heads=4, buckets=8, chunk=8, steps=160, batch=32, lr=3e-3)
@@ -158,10 +159,7 @@ def main() -> None:
     if four:
         best = max(four)
         lines.append(f"\nBest accuracy evaluated with 4 rounds: {best:.3f} (goal >= 0.95: {'met' if best >= 0.95 else 'not met'}).")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(ROOT / "benchmarks/RESULTS.md", "a") as f:
-        f.write(text)
+    publish("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import publish  # noqa: E402
+
 QUICK = dict(length=128, d_model=32, heads=4, batch=2, buckets=8, chunk=16)
 FULL = dict(length=2048, d_model=256, heads=4, batch=4, buckets=32, chunk=64)
 FORMS = ("standard", "reversible_stored", "reversible")
@@ -171,10 +173,7 @@ def main() -> None:
         lines.append(f"| {d} | {s['saved_mb']} | {st['saved_mb']} | {r['saved_mb']} | {s['peak_added_mb']} | "
                      f"{r['peak_added_mb']} | {r['step_ms'] / s['step_ms']:.2f} | "
                      f"{r['max_output_diff']:.1e} / {r['max_grad_diff']:.1e} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(ROOT / "benchmarks/RESULTS.md", "a") as f:
-        f.write(text)
+    publish("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
