@@ -98,9 +98,9 @@ def train_char_lm(steps: int, context: int = 256, seed: int = 0, batch: int = 16
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         starts = torch.randint(0, len(data) - context - 1, (batch,), generator=g)
-        batch = torch.stack([data[s : s + context + 1] for s in starts.tolist()])
-        logits = lm(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        xb = torch.stack([data[s : s + context + 1] for s in starts.tolist()])
+        logits = lm(xb[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), xb[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()
