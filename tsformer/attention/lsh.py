@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 SELF_SCORE = -1e5
 """Score of a position against itself (Sec. 3: attend to oneself only when nothing else is
@@ -97,17 +96,19 @@ def combine_rounds(out: Tensor, lse: Tensor) -> Tensor:
 
 BLOCK_SCORES = 2**24
 """Largest score volume (heads x rounds x slots x 2 chunk) computed in one piece; above it
-:func:`lsh_attention` runs head by head and round by round, each piece recomputed in the
-backward (activation checkpointing), so memory stays O(L) in the sequence length."""
+:func:`lsh_attention` runs one head and round at a time (:class:`_Pieces`), each piece
+recomputed in the backward, so memory stays O(L) in the sequence length."""
 
 
-def lsh_attention(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: int, chunk: int, *,
+def lsh_attention(q: Tensor, k: Tensor | None, v: Tensor, buckets: Tensor, n_buckets: int, chunk: int, *,
                   causal: bool = False, lengths: Tensor | None = None, scale: float | None = None,
                   dropout_p: float = 0.0, max_block_scores: int = BLOCK_SCORES) -> Tensor:
     """Sorted, chunked LSH attention: O(R L chunk) time and memory.
 
     Args:
-        q: ``(B, H, L, D)`` queries. k: ``(B, H, L, D)`` keys (shared-QK: ``q`` normalised).
+        q: ``(B, H, L, D)`` queries. k: ``(B, H, L, D)`` keys, or None for shared-QK keys
+            (``q`` unit-normalised, computed piece by piece: neither full-size keys nor
+            their gradient are kept).
         v: ``(B, H, L, Dv)``.
         buckets: ``(B, H, R, L)`` from :func:`lsh_buckets`, values in ``[0, n_buckets)``.
         n_buckets: number of buckets. chunk: positions per chunk (``>= 1``).
@@ -125,19 +126,114 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: i
         raise ValueError(f"LSH chunk must be >= 1, got {chunk}")
     scale = D**-0.5 if scale is None else scale
     valid = _valid(lengths, B, L, q.device)
+    args = (n_buckets, chunk, causal, valid, scale, dropout_p)
     if B * H * R * (L + n_buckets * chunk) * 2 * chunk <= max_block_scores:
-        out, lse = _lsh_rounds(q, k, v, buckets, n_buckets, chunk, causal, valid, scale, dropout_p)
-    else:  # one head and round at a time, recomputed in the backward
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        pieces = [[None] * R for _ in range(H)]
+        out, lse = _lsh_rounds(q, _keys(q) if k is None else k, v, buckets, *args)
+        return combine_rounds(out, lse) * valid[:, None, :, None].to(out.dtype)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v)):
+        return _Pieces.apply(q, k, v, buckets, *args)
+    with torch.no_grad():
+        return _Pieces.forward(None, q, k, v, buckets, *args)
+
+
+def _keys(q: Tensor) -> Tensor:
+    """Shared-QK keys: the unit-normalised queries (Sec. 3)."""
+    return torch.nn.functional.normalize(q, dim=-1)
+
+
+def _piece(q: Tensor, k: Tensor | None, v: Tensor, buckets: Tensor, h: int, r: int, *args,
+           state: tuple | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`_lsh_rounds` for head ``h`` and round ``r``, ``(B, 1, 1, L, Dv)`` and
+    ``(B, 1, 1, L)``; ``q, k, v`` may be that head already (one head), ``state`` the
+    generator state to replay dropout from."""
+    def head(t):
+        return t if t.shape[1] == 1 else t[:, h : h + 1]
+
+    qh = head(q)
+    kh = _keys(qh) if k is None else head(k)
+    with torch.random.fork_rng(devices=[q.device] if q.device.type == "cuda" else [], enabled=state is not None):
+        if state is not None:
+            torch.set_rng_state(state[0])
+            if state[1] is not None:
+                torch.cuda.set_rng_state(state[1], q.device)
+        return _lsh_rounds(qh, kh, head(v), buckets[:, h : h + 1, r : r + 1], *args)
+
+
+def _rng_state(device: torch.device) -> tuple:
+    """The generator states a piece's dropout draws from (replayed in the backward)."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+class _Pieces(torch.autograd.Function):
+    """:func:`lsh_attention` one head and round at a time, the rounds of a head combined as
+    they are computed: the forward keeps no per-round outputs nor any score, and writes the
+    combined output into one preallocated tensor; the backward recomputes each piece and
+    writes the gradients of ``q, k, v`` into preallocated tensors (slicing the inputs under
+    autograd would build a full-size gradient per piece). Each piece runs twice in the
+    backward: once without gradients for the rounds' weights in the combination (their
+    softmax needs every round of the head), once with them. Dropout is replayed exactly
+    (the generator state before each piece is kept)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, buckets, n_buckets, chunk, causal, valid, scale, dropout_p):
+        B, H, L, _ = q.shape
+        R = buckets.shape[2]
+        args = (n_buckets, chunk, causal, valid, scale, dropout_p)
+        vmask = valid[:, None, :, None].to(v.dtype)
+        out = v.new_empty(B, H, L, v.shape[-1])
+        states = []
         for h in range(H):
+            parts = []
             for r in range(R):
-                args = (q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], buckets[:, h : h + 1, r : r + 1], n_buckets,
-                        chunk, causal, valid, scale, dropout_p)
-                pieces[h][r] = (checkpoint(_lsh_rounds, *args, use_reentrant=False) if grad else _lsh_rounds(*args))
-        out = torch.cat([torch.cat([o for o, _ in row], dim=2) for row in pieces], dim=1)
-        lse = torch.cat([torch.cat([s for _, s in row], dim=2) for row in pieces], dim=1)
-    return combine_rounds(out, lse) * valid[:, None, :, None].to(out.dtype)
+                states.append(_rng_state(q.device) if dropout_p > 0 else None)
+                parts.append(_piece(q, k, v, buckets, h, r, *args))
+            out[:, h : h + 1] = combine_rounds(torch.cat([o for o, _ in parts], 2),
+                                               torch.cat([s for _, s in parts], 2)) * vmask
+            del parts
+        if ctx is not None:
+            ctx.save_for_backward(q, k, v, buckets, valid)
+            ctx.args, ctx.states = (n_buckets, chunk, causal, scale, dropout_p), states
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        q, k, v, buckets, valid = ctx.saved_tensors
+        n_buckets, chunk, causal, scale, dropout_p = ctx.args
+        args = (n_buckets, chunk, causal, valid, scale, dropout_p)
+        H, R = q.shape[1], buckets.shape[2]
+        dq, dv = torch.zeros_like(q), torch.zeros_like(v)
+        dk = None if k is None else torch.zeros_like(k)
+        g_all = g_out * valid[:, None, :, None].to(g_out.dtype)
+
+        def run(h, r):
+            return _piece(qh, kh, vh, buckets, h, r, *args, state=ctx.states[h * R + r])
+
+        for h in range(H):
+            g = g_all[:, h : h + 1]  # (B, 1, L, Dv)
+            qh = q[:, h : h + 1].detach().requires_grad_()
+            kh = None if k is None else k[:, h : h + 1].detach().requires_grad_()
+            vh = v[:, h : h + 1].detach().requires_grad_()
+            with torch.no_grad():  # each round's share of the mass, and <g, round output>
+                lse, dots = [], []
+                for r in range(R):
+                    o_r, s_r = run(h, r)
+                    lse.append(s_r[:, :, 0])
+                    dots.append((o_r[:, :, 0] * g).sum(-1))
+                    del o_r
+                w = torch.softmax(torch.stack(lse, 2), dim=2)  # (B, 1, R, L)
+                dots = torch.stack(dots, 2)
+                g_lse = w * (dots - (w * dots).sum(2, keepdim=True))  # softmax backward
+            leaves = tuple(t for t in (qh, kh, vh) if t is not None)
+            for r in range(R):
+                with torch.enable_grad():
+                    o_r, s_r = run(h, r)
+                    grads = torch.autograd.grad((o_r, s_r), leaves,
+                                                (g[:, :, None] * w[:, :, r : r + 1, :, None].to(g.dtype),
+                                                 g_lse[:, :, r : r + 1]), allow_unused=True)
+                for d, gr in zip([t for t, x in ((dq, qh), (dk, kh), (dv, vh)) if x is not None], grads):
+                    if gr is not None:
+                        d[:, h : h + 1] += gr
+        return dq, dk, dv, *([None] * 7)
 
 
 def _lsh_rounds(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: int, chunk: int, causal: bool,
