@@ -61,16 +61,19 @@ def test_head_by_head_checkpointed_path_equals_one_piece(L, causal):
         assert_close(a, r, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("L,causal,shared", [(1, False, True), (1, True, False), (8, True, True), (13, False, True),
-                                             (13, True, False), (33, False, False)])
-def test_memory_saving_pieces_equal_the_dense_twin(L, causal, shared):
-    """The head-and-round pieces (shared-QK keys made piece by piece, or given keys) against
+@pytest.mark.parametrize("L,causal,shared,segment", [(1, False, True, 1), (1, True, False, 2**21), (8, True, True, 1),
+                                                     (13, False, True, 2**21), (13, True, False, 1),
+                                                     (33, False, False, 40), (33, True, True, 40)])
+def test_memory_saving_pieces_equal_the_dense_twin(L, causal, shared, segment):
+    """The head-and-round pieces (shared-QK keys made piece by piece, or given keys; the
+    sorted chunks in checkpointed segments of one or a few chunks, or in one run) against
     the dense twin: outputs and the gradients of queries, keys and values."""
     q, v = _inputs(2, 3, L, 5, seed=L + 7)
     k = None if shared else F.normalize(q.detach(), dim=-1).add(0.1).requires_grad_()
     b = lsh_buckets(F.normalize(q, dim=-1), draw_rotations(3, 3, 5, 4, generator=torch.Generator().manual_seed(3)))
     lengths = torch.tensor([L, max(1, L - 4)])
-    pieces = lsh_attention(q, k, v, b, 4, 2, causal=causal, lengths=lengths, max_block_scores=0)
+    pieces = lsh_attention(q, k, v, b, 4, 2, causal=causal, lengths=lengths, max_block_scores=0,
+                           segment_scores=segment)
     kr = F.normalize(q, dim=-1) if shared else k
     ref = lsh_attention_reference(q, kr, v, b, 4, 2, causal=causal, lengths=lengths)
     assert_close(pieces, ref, rtol=1e-5, atol=1e-6)
@@ -78,7 +81,8 @@ def test_memory_saving_pieces_equal_the_dense_twin(L, causal, shared):
     for a, r in zip(_grads(pieces, *leaves), _grads(ref, *leaves)):
         assert_close(a, r, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        assert_close(lsh_attention(q, k, v, b, 4, 2, causal=causal, lengths=lengths, max_block_scores=0), pieces)
+        again = lsh_attention(q, k, v, b, 4, 2, causal=causal, lengths=lengths, max_block_scores=0, segment_scores=segment)
+        assert_close(again, pieces)
 
 
 def test_pieces_replay_dropout_in_the_backward():
@@ -89,9 +93,9 @@ def test_pieces_replay_dropout_in_the_backward():
     q, v = _inputs(1, 2, 11, 4, seed=5)
     b = lsh_buckets(F.normalize(q, dim=-1), draw_rotations(2, 2, 4, 2, generator=torch.Generator().manual_seed(4)))
     torch.manual_seed(11)
-    out = lsh_attention(q, None, v, b, 2, 3, causal=True, dropout_p=0.3, max_block_scores=0)
+    out = lsh_attention(q, None, v, b, 2, 3, causal=True, dropout_p=0.3, max_block_scores=0, segment_scores=20)
     torch.manual_seed(11)
-    args = (2, 3, True, _valid(None, 1, 11, q.device), 4**-0.5, 0.3)
+    args = (2, 3, True, _valid(None, 1, 11, q.device), 4**-0.5, 0.3, 20)
     heads = []
     for h in range(2):
         parts = [_piece(q, None, v, b, h, r, *args) for r in range(2)]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 SELF_SCORE = -1e5
 """Score of a position against itself (Sec. 3: attend to oneself only when nothing else is
@@ -100,9 +101,16 @@ BLOCK_SCORES = 2**24
 recomputed in the backward, so memory stays O(L) in the sequence length."""
 
 
+SEGMENT_SCORES = 2**21
+"""Largest score volume of one run of sorted chunks; a longer sorted sequence is attended
+in segments, each recomputed in the backward (activation checkpointing), so a piece's
+working memory does not grow with the length."""
+
+
 def lsh_attention(q: Tensor, k: Tensor | None, v: Tensor, buckets: Tensor, n_buckets: int, chunk: int, *,
                   causal: bool = False, lengths: Tensor | None = None, scale: float | None = None,
-                  dropout_p: float = 0.0, max_block_scores: int = BLOCK_SCORES) -> Tensor:
+                  dropout_p: float = 0.0, max_block_scores: int = BLOCK_SCORES,
+                  segment_scores: int = SEGMENT_SCORES) -> Tensor:
     """Sorted, chunked LSH attention: O(R L chunk) time and memory.
 
     Args:
@@ -116,7 +124,8 @@ def lsh_attention(q: Tensor, k: Tensor | None, v: Tensor, buckets: Tensor, n_buc
         lengths: ``(B,)`` valid positions, or None.
         scale: score scale (default ``D ** -0.5``).
         dropout_p: dropout on the attention probabilities.
-        max_block_scores: see :data:`BLOCK_SCORES`.
+        max_block_scores: see :data:`BLOCK_SCORES`. segment_scores: see :data:`SEGMENT_SCORES`
+            (heads and rounds one at a time only).
     Returns:
         ``(B, H, L, Dv)``; zeros at padded positions.
     """
@@ -131,9 +140,9 @@ def lsh_attention(q: Tensor, k: Tensor | None, v: Tensor, buckets: Tensor, n_buc
         out, lse = _lsh_rounds(q, _keys(q) if k is None else k, v, buckets, *args)
         return combine_rounds(out, lse) * valid[:, None, :, None].to(out.dtype)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v)):
-        return _Pieces.apply(q, k, v, buckets, *args)
+        return _Pieces.apply(q, k, v, buckets, *args, segment_scores)
     with torch.no_grad():
-        return _Pieces.forward(None, q, k, v, buckets, *args)
+        return _Pieces.forward(None, q, k, v, buckets, *args, segment_scores)
 
 
 def _keys(q: Tensor) -> Tensor:
@@ -175,10 +184,10 @@ class _Pieces(torch.autograd.Function):
     (the generator state before each piece is kept)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, buckets, n_buckets, chunk, causal, valid, scale, dropout_p):
+    def forward(ctx, q, k, v, buckets, n_buckets, chunk, causal, valid, scale, dropout_p, segment):
         B, H, L, _ = q.shape
         R = buckets.shape[2]
-        args = (n_buckets, chunk, causal, valid, scale, dropout_p)
+        args = (n_buckets, chunk, causal, valid, scale, dropout_p, segment)
         vmask = valid[:, None, :, None].to(v.dtype)
         out = v.new_empty(B, H, L, v.shape[-1])
         states = []
@@ -192,24 +201,24 @@ class _Pieces(torch.autograd.Function):
             del parts
         if ctx is not None:
             ctx.save_for_backward(q, k, v, buckets, valid)
-            ctx.args, ctx.states = (n_buckets, chunk, causal, scale, dropout_p), states
+            ctx.args, ctx.states = (n_buckets, chunk, causal, scale, dropout_p, segment), states
         return out
 
     @staticmethod
     def backward(ctx, g_out):
         q, k, v, buckets, valid = ctx.saved_tensors
-        n_buckets, chunk, causal, scale, dropout_p = ctx.args
-        args = (n_buckets, chunk, causal, valid, scale, dropout_p)
+        n_buckets, chunk, causal, scale, dropout_p, segment = ctx.args
+        args = (n_buckets, chunk, causal, valid, scale, dropout_p, segment)
         H, R = q.shape[1], buckets.shape[2]
         dq, dv = torch.zeros_like(q), torch.zeros_like(v)
         dk = None if k is None else torch.zeros_like(k)
-        g_all = g_out * valid[:, None, :, None].to(g_out.dtype)
+        vmask = valid[:, None, :, None].to(g_out.dtype)
 
         def run(h, r):
             return _piece(qh, kh, vh, buckets, h, r, *args, state=ctx.states[h * R + r])
 
         for h in range(H):
-            g = g_all[:, h : h + 1]  # (B, 1, L, Dv)
+            g = g_out[:, h : h + 1] * vmask  # (B, 1, L, Dv)
             qh = q[:, h : h + 1].detach().requires_grad_()
             kh = None if k is None else k[:, h : h + 1].detach().requires_grad_()
             vh = v[:, h : h + 1].detach().requires_grad_()
@@ -233,13 +242,14 @@ class _Pieces(torch.autograd.Function):
                 for d, gr in zip([t for t, x in ((dq, qh), (dk, kh), (dv, vh)) if x is not None], grads):
                     if gr is not None:
                         d[:, h : h + 1] += gr
-        return dq, dk, dv, *([None] * 7)
+        return dq, dk, dv, *([None] * 8)
 
 
 def _lsh_rounds(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: int, chunk: int, causal: bool,
-                valid: Tensor, scale: float, dropout_p: float) -> tuple[Tensor, Tensor]:
+                valid: Tensor, scale: float, dropout_p: float, segment: int | None = None) -> tuple[Tensor, Tensor]:
     """Each round's output ``(B, H, R, L, Dv)`` and log-sum-exp ``(B, H, R, L)`` (see
-    :func:`lsh_attention`)."""
+    :func:`lsh_attention`); ``segment``: the sorted chunks in runs of at most that score
+    volume (:data:`SEGMENT_SCORES`), each checkpointed under autograd, or None: one run."""
     B, H, L, D = q.shape
     R = buckets.shape[2]
     dev = q.device
@@ -271,27 +281,59 @@ def _lsh_rounds(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: int
     qc, kc, vc = gather(q), gather(k), gather(v)
     qpos, qb = slot_pos.view(B, H, R, -1, chunk), slot_b.view(B, H, R, -1, chunk)
     kpos, kb = look_back(qpos, -1), look_back(qb, -1)
-    # Scores against the previous chunk through shifted views (the keys are not copied);
-    # chunk 0 has no previous chunk (its look-back keys are empty slots, masked below).
-    prev = _wide(torch.matmul(qc[:, :, :, 1:], kc[:, :, :, :-1].transpose(-1, -2)))
-    prev = torch.cat([prev.new_zeros(B, H, R, 1, chunk, chunk), prev], dim=3)
-    scores = torch.cat([prev, _wide(torch.matmul(qc, kc.transpose(-1, -2)))], dim=-1) * scale  # (B, H, R, n, c, 2c)
+    n = T // chunk
+    # Chunk n attends to itself and chunk n-1; chunk 0 has no previous chunk (its look-back
+    # keys are empty slots, masked): it reads zeros, which add nothing.
+    step = n if segment is None else max(1, segment // (B * H * R * chunk * 2 * chunk))
+    grad = torch.is_grad_enabled() and step < n and any(t.requires_grad for t in (q, k, v))
+    outs, lses = [], []
+    for s0 in range(0, n, step):
+        s1 = min(n, s0 + step)
+        args = (qc[:, :, :, s0:s1], kc[:, :, :, s0:s1], vc[:, :, :, s0:s1], _previous(kc, s0, s1), _previous(vc, s0, s1),
+                qpos[:, :, :, s0:s1], qb[:, :, :, s0:s1], kpos[:, :, :, s0:s1], kb[:, :, :, s0:s1], causal, scale, dropout_p)
+        o, s_ = checkpoint(_attend_chunks, *args, use_reentrant=False) if grad else _attend_chunks(*args)
+        outs.append(o)
+        lses.append(s_)
+    out = (outs[0] if len(outs) == 1 else torch.cat(outs, 3)).view(B, H, R, T, -1)
+    lse = lses[0] if len(lses) == 1 else torch.cat(lses, 3)
+    # Back to positions: the slot of each position (padding reads slot 0 and is zeroed).
+    where = torch.empty_like(dest).scatter_(-1, order, dest).clamp(max=T - 1)
+    out = out.gather(3, where[..., None].expand(-1, -1, -1, -1, out.shape[-1]))
+    return out, lse.view(B, H, R, T).gather(3, where)
+
+
+def _previous(t: Tensor, s0: int, s1: int) -> Tensor:
+    """Chunks ``s0 - 1 .. s1 - 2`` of ``t (B, H, R, n, c, E)``, zeros before chunk 0."""
+    if s0 > 0:
+        return t[:, :, :, s0 - 1 : s1 - 1]
+    return torch.cat([torch.zeros_like(t[:, :, :, :1]), t[:, :, :, : s1 - 1]], dim=3)
+
+
+def _attend_chunks(qc: Tensor, kc: Tensor, vc: Tensor, kprev: Tensor, vprev: Tensor, qpos: Tensor, qb: Tensor,
+                   kpos: Tensor, kb: Tensor, causal: bool, scale: float, dropout_p: float) -> tuple[Tensor, Tensor]:
+    """Sorted chunks attending to themselves and the chunk before (Eq. 4 within the chunks).
+
+    Args:
+        qc, kc, vc: ``(B, H, R, n, c, E)`` queries, keys, values by slot. kprev, vprev: the
+            chunk before each. qpos, qb: ``(B, H, R, n, c)`` position (-1: empty slot) and
+            bucket of each slot; kpos, kb: ``(B, H, R, n, 2c)`` those of the keys
+            (previous chunk, then own).
+    Returns:
+        ``(B, H, R, n, c, Dv)`` outputs and ``(B, H, R, n, c, 1)`` log-sum-exps.
+    """
+    scores = torch.cat([_wide(torch.matmul(qc, kprev.transpose(-1, -2))), _wide(torch.matmul(qc, kc.transpose(-1, -2)))],
+                       dim=-1) * scale  # (B, H, R, n, c, 2c)
     allowed = (kpos[..., None, :] >= 0) & (kb[..., None, :] == qb[..., :, None])
     if causal:
         allowed &= kpos[..., None, :] <= qpos[..., :, None]
     scores.masked_fill_(~allowed, MASKED)
     scores.masked_fill_(allowed & (kpos[..., None, :] == qpos[..., :, None]), SELF_SCORE)
     lse = scores.logsumexp(dim=-1, keepdim=True)
-    probs = torch.exp(scores - lse).to(v.dtype)
+    probs = torch.exp(scores - lse).to(vc.dtype)
     if dropout_p > 0:
         probs = torch.nn.functional.dropout(probs, p=dropout_p)
-    out = torch.matmul(probs[..., chunk:], vc)
-    out_prev = torch.matmul(probs[:, :, :, 1:, :, :chunk], vc[:, :, :, :-1])
-    out = torch.cat([out[:, :, :, :1], out[:, :, :, 1:] + out_prev], dim=3).view(B, H, R, T, -1)
-    # Back to positions: the slot of each position (padding reads slot 0 and is zeroed).
-    where = torch.empty_like(dest).scatter_(-1, order, dest).clamp(max=T - 1)
-    out = out.gather(3, where[..., None].expand(-1, -1, -1, -1, out.shape[-1]))
-    return out, lse.view(B, H, R, T).gather(3, where)
+    c = qc.shape[-2]
+    return torch.matmul(probs[..., c:], vc) + torch.matmul(probs[..., :c], vprev), lse
 
 
 def bucket_ranks(buckets: Tensor, valid: Tensor, n_buckets: int) -> Tensor:
@@ -343,6 +385,7 @@ def lsh_attention_reference(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_
 __all__ = [
     "BLOCK_SCORES",
     "MASKED",
+    "SEGMENT_SCORES",
     "SELF_SCORE",
     "bucket_ranks",
     "check_buckets",
