@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 SELF_SCORE = -1e5
 """Score of a position against itself (Sec. 3: attend to oneself only when nothing else is
@@ -102,9 +101,9 @@ recomputed in the backward, so memory stays O(L) in the sequence length."""
 
 
 SEGMENT_SCORES = 2**21
-"""Largest score volume of one run of sorted chunks; a longer sorted sequence is attended
-in segments, each recomputed in the backward (activation checkpointing), so a piece's
-working memory does not grow with the length."""
+"""Largest score volume of one run of sorted chunks in a head-and-round piece; a longer sorted
+sequence is attended in segments, forward and backward (:func:`_piece_backward`), so a
+piece's working memory does not grow with the length."""
 
 
 def lsh_attention(q: Tensor, k: Tensor | None, v: Tensor, buckets: Tensor, n_buckets: int, chunk: int, *,
@@ -161,16 +160,21 @@ def _piece(q: Tensor, k: Tensor | None, v: Tensor, buckets: Tensor, h: int, r: i
     qh = head(q)
     kh = _keys(qh) if k is None else head(k)
     with torch.random.fork_rng(devices=[q.device] if q.device.type == "cuda" else [], enabled=state is not None):
-        if state is not None:
-            torch.set_rng_state(state[0])
-            if state[1] is not None:
-                torch.cuda.set_rng_state(state[1], q.device)
+        _restore(state, q.device)
         return _lsh_rounds(qh, kh, head(v), buckets[:, h : h + 1, r : r + 1], *args)
 
 
 def _rng_state(device: torch.device) -> tuple:
     """The generator states a piece's dropout draws from (replayed in the backward)."""
     return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _restore(state: tuple | None, device: torch.device) -> None:
+    """Set the generator states kept by :func:`_rng_state` (None: leave them)."""
+    if state is not None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
 
 
 class _Pieces(torch.autograd.Function):
@@ -232,16 +236,21 @@ class _Pieces(torch.autograd.Function):
                 w = torch.softmax(torch.stack(lse, 2), dim=2)  # (B, 1, R, L)
                 dots = torch.stack(dots, 2)
                 g_lse = w * (dots - (w * dots).sum(2, keepdim=True))  # softmax backward
-            leaves = tuple(t for t in (qh, kh, vh) if t is not None)
+            # Then each round again, its gradients scattered into the head's gradients; the
+            # shared-QK keys' gradient goes through the normalisation at the end.
+            with torch.enable_grad():
+                keys = _keys(qh) if k is None else kh
+            dkh = torch.zeros_like(keys) if k is None else dk[:, h : h + 1]
+            head_grads = (dq[:, h : h + 1], dkh, dv[:, h : h + 1])
             for r in range(R):
-                with torch.enable_grad():
-                    o_r, s_r = run(h, r)
-                    grads = torch.autograd.grad((o_r, s_r), leaves,
-                                                (g[:, :, None] * w[:, :, r : r + 1, :, None].to(g.dtype),
-                                                 g_lse[:, :, r : r + 1]), allow_unused=True)
-                for d, gr in zip([t for t, x in ((dq, qh), (dk, kh), (dv, vh)) if x is not None], grads):
-                    if gr is not None:
-                        d[:, h : h + 1] += gr
+                with torch.random.fork_rng(devices=[q.device] if q.device.type == "cuda" else [],
+                                           enabled=ctx.states[h * R + r] is not None):
+                    _restore(ctx.states[h * R + r], q.device)
+                    _piece_backward(qh.detach(), keys.detach(), vh.detach(), buckets[:, h : h + 1, r : r + 1],
+                                    g[:, :, None] * w[:, :, r : r + 1, :, None].to(g.dtype), g_lse[:, :, r : r + 1],
+                                    head_grads, *args)
+            if k is None:
+                dq[:, h : h + 1] += torch.autograd.grad(keys, qh, dkh)[0]
         return dq, dk, dv, *([None] * 8)
 
 
@@ -249,10 +258,47 @@ def _lsh_rounds(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: int
                 valid: Tensor, scale: float, dropout_p: float, segment: int | None = None) -> tuple[Tensor, Tensor]:
     """Each round's output ``(B, H, R, L, Dv)`` and log-sum-exp ``(B, H, R, L)`` (see
     :func:`lsh_attention`); ``segment``: the sorted chunks in runs of at most that score
-    volume (:data:`SEGMENT_SCORES`), each checkpointed under autograd, or None: one run."""
+    volume (:data:`SEGMENT_SCORES`; the pieces of :class:`_Pieces`, which run without
+    autograd and have a backward of their own, :func:`_piece_backward`), or None: one run."""
     B, H, L, D = q.shape
     R = buckets.shape[2]
-    dev = q.device
+    src, qpos, qb, kpos, kb, where, T = _slots(buckets, valid, n_buckets, chunk)
+
+    def gather(t: Tensor) -> Tensor:  # (B, H, L, E) -> (B, H, R, T/c, c, E) by slot
+        return _by_slot(t, src, chunk)
+
+    qc, kc, vc = gather(q), gather(k), gather(v)
+    n = T // chunk
+    # Chunk n attends to itself and chunk n-1; chunk 0 has no previous chunk (its look-back
+    # keys are empty slots, masked): it reads zeros, which add nothing.
+    step = n if segment is None else max(1, segment // (B * H * R * chunk * 2 * chunk))
+    outs, lses = [], []
+    for s0 in range(0, n, step):
+        s1 = min(n, s0 + step)
+        args = (qc[:, :, :, s0:s1], kc[:, :, :, s0:s1], vc[:, :, :, s0:s1], _previous(kc, s0, s1), _previous(vc, s0, s1),
+                qpos[:, :, :, s0:s1], qb[:, :, :, s0:s1], kpos[:, :, :, s0:s1], kb[:, :, :, s0:s1], causal, scale, dropout_p)
+        o, s_ = _attend_chunks(*args)
+        outs.append(o)
+        lses.append(s_)
+    out = (outs[0] if len(outs) == 1 else torch.cat(outs, 3)).view(B, H, R, T, -1)
+    lse = lses[0] if len(lses) == 1 else torch.cat(lses, 3)
+    # Back to positions: the slot of each position.
+    out = out.gather(3, where[..., None].expand(-1, -1, -1, -1, out.shape[-1]))
+    return out, lse.view(B, H, R, T).gather(3, where)
+
+
+def _slots(buckets: Tensor, valid: Tensor, n_buckets: int, chunk: int) -> tuple:
+    """The sorted, bucket-aligned slots of each round (integers only).
+
+    Returns:
+        ``src (B, H, R, T)``: the position in each slot (empty slots: 0); ``qpos, qb
+        (B, H, R, T/c, c)``: position (-1: empty) and bucket (-1) of each slot; ``kpos, kb
+        (B, H, R, T/c, 2c)``: those of its keys (the previous chunk, then its own);
+        ``where (B, H, R, L)``: the slot of each position (padding: slot ``T - 1``, zeroed
+        later); ``T``.
+    """
+    B, H, R, L = buckets.shape
+    dev = buckets.device
     b = buckets.masked_fill(~valid[:, None, None, :], n_buckets)  # padding: an extra, unplaced bucket
     pos = torch.arange(L, device=dev)
     order = (b * L + pos).argsort(dim=-1)  # sorted index -> position, sorted by (bucket, position)
@@ -270,36 +316,61 @@ def _lsh_rounds(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, n_buckets: int
     src = slot_pos.clamp(min=0)
     slot_b = torch.where(filled, b.gather(-1, src), -1)
 
-    def gather(t: Tensor) -> Tensor:  # (B, H, L, E) -> (B, H, R, T/c, c, E) by slot
-        idx = src[..., None].expand(-1, -1, -1, -1, t.shape[-1])
-        return t[:, :, None].expand(-1, -1, R, -1, -1).gather(3, idx).view(B, H, R, T // chunk, chunk, -1)
-
     def look_back(t: Tensor, fill) -> Tensor:  # chunk n joined with chunk n-1 along the chunk positions
         prev = torch.cat([torch.full_like(t[:, :, :, :1], fill), t[:, :, :, :-1]], dim=3)
         return torch.cat([prev, t], dim=4)
 
-    qc, kc, vc = gather(q), gather(k), gather(v)
     qpos, qb = slot_pos.view(B, H, R, -1, chunk), slot_b.view(B, H, R, -1, chunk)
-    kpos, kb = look_back(qpos, -1), look_back(qb, -1)
+    where = torch.empty_like(dest).scatter_(-1, order, dest).clamp(max=T - 1)
+    return src, qpos, qb, look_back(qpos, -1), look_back(qb, -1), where, T
+
+
+def _by_slot(t: Tensor, src: Tensor, chunk: int) -> Tensor:
+    """``t (B, H, L, E)`` at the positions ``src (B, H, R, S)``: ``(B, H, R, S/c, c, E)``."""
+    B, H, R, S = src.shape
+    idx = src[..., None].expand(-1, -1, -1, -1, t.shape[-1])
+    return t[:, :, None].expand(-1, -1, R, -1, -1).gather(3, idx).view(B, H, R, S // chunk, chunk, t.shape[-1])
+
+
+def _piece_backward(q: Tensor, k: Tensor, v: Tensor, buckets: Tensor, g_out: Tensor, g_lse: Tensor,
+                    grads: tuple[Tensor, Tensor, Tensor], n_buckets: int, chunk: int, causal: bool, valid: Tensor,
+                    scale: float, dropout_p: float, segment: int | None) -> None:
+    """The backward of :func:`_lsh_rounds` for one head and round, segment by segment:
+    each segment's slots are gathered, attended again under autograd and their gradients
+    scattered (added) into ``grads``; nothing of the size of the whole piece is built.
+
+    Args:
+        q, k, v: ``(B, 1, L, E)`` (detached). buckets: ``(B, 1, 1, L)``.
+        g_out: ``(B, 1, 1, L, Dv)``, g_lse: ``(B, 1, 1, L)`` the gradients of the round's
+            output and log-sum-exp.
+        grads: ``(B, 1, L, E)`` tensors the gradients of ``q, k, v`` are added to.
+    """
+    src, qpos, qb, kpos, kb, where, T = _slots(buckets, valid, n_buckets, chunk)
+    B, Dv = q.shape[0], v.shape[-1]
+    # Slot gradients: each position reads one slot (padding's zero gradient goes to the last).
+    g_slot = g_out.new_zeros(B, 1, 1, T, Dv).scatter_add_(3, where[..., None].expand(-1, -1, -1, -1, Dv), g_out)
+    g_slse = g_lse.new_zeros(B, 1, 1, T).scatter_add_(3, where, g_lse)
     n = T // chunk
-    # Chunk n attends to itself and chunk n-1; chunk 0 has no previous chunk (its look-back
-    # keys are empty slots, masked): it reads zeros, which add nothing.
-    step = n if segment is None else max(1, segment // (B * H * R * chunk * 2 * chunk))
-    grad = torch.is_grad_enabled() and step < n and any(t.requires_grad for t in (q, k, v))
-    outs, lses = [], []
+    step = n if segment is None else max(1, segment // (B * chunk * 2 * chunk))
     for s0 in range(0, n, step):
         s1 = min(n, s0 + step)
-        args = (qc[:, :, :, s0:s1], kc[:, :, :, s0:s1], vc[:, :, :, s0:s1], _previous(kc, s0, s1), _previous(vc, s0, s1),
-                qpos[:, :, :, s0:s1], qb[:, :, :, s0:s1], kpos[:, :, :, s0:s1], kb[:, :, :, s0:s1], causal, scale, dropout_p)
-        o, s_ = checkpoint(_attend_chunks, *args, use_reentrant=False) if grad else _attend_chunks(*args)
-        outs.append(o)
-        lses.append(s_)
-    out = (outs[0] if len(outs) == 1 else torch.cat(outs, 3)).view(B, H, R, T, -1)
-    lse = lses[0] if len(lses) == 1 else torch.cat(lses, 3)
-    # Back to positions: the slot of each position (padding reads slot 0 and is zeroed).
-    where = torch.empty_like(dest).scatter_(-1, order, dest).clamp(max=T - 1)
-    out = out.gather(3, where[..., None].expand(-1, -1, -1, -1, out.shape[-1]))
-    return out, lse.view(B, H, R, T).gather(3, where)
+        a, e = s0 * chunk, s1 * chunk
+        own = src[..., a:e]
+        prev = src[..., max(0, a - chunk) : e - chunk]
+        ts = [_by_slot(t, own, chunk) for t in (q, k, v)] + [_by_slot(t, prev, chunk) for t in (k, v)]
+        if s0 == 0:  # chunk 0 reads a chunk of zeros before it (masked)
+            ts[3:] = [torch.cat([t.new_zeros(B, 1, 1, 1, chunk, t.shape[-1]), t], dim=3) for t in ts[3:]]
+        leaves = [t.requires_grad_() for t in ts]
+        with torch.enable_grad():
+            o, lse = _attend_chunks(*leaves, qpos[:, :, :, s0:s1], qb[:, :, :, s0:s1], kpos[:, :, :, s0:s1],
+                                    kb[:, :, :, s0:s1], causal, scale, dropout_p)
+            gq, gk, gv, gkp, gvp = torch.autograd.grad(
+                (o, lse), leaves, (g_slot[..., a:e, :].view_as(o), g_slse[..., a:e].view_as(lse)))
+        if s0 == 0:
+            gkp, gvp = gkp[:, :, :, 1:], gvp[:, :, :, 1:]
+        for d, gr, idx in ((grads[0], gq, own), (grads[1], gk, own), (grads[2], gv, own), (grads[1], gkp, prev),
+                           (grads[2], gvp, prev)):
+            d.scatter_add_(2, idx[:, 0, ..., None].expand(-1, -1, -1, d.shape[-1]), gr.reshape(B, 1, -1, d.shape[-1]))
 
 
 def _previous(t: Tensor, s0: int, s1: int) -> Tensor:
