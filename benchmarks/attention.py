@@ -22,8 +22,11 @@ per head (``QK^T`` and ``PV``), forward, at the matmul peak measured on the mach
   features, bidirectional for ``full``, prefix sums for ``causal``) and ``linformer`` is
   ``E K``, ``E V`` (k = 256 rows) then SDPA (``full`` only), both on the same q, k, v;
   ``lsh`` is the Reformer layer built through the registry (``build_attention``, its
-  defaults), timed as a whole layer on ``x = (B, L, H D)``, its projections included. A
-  type that is not installed (``lsh`` before it merges) is reported and skipped.
+  defaults), timed as a whole layer on ``x = (B, L, H D)``, its projections included; ``x``
+  is ``q``'s storage viewed as ``(B, L, H D)``, so the layer's input is, like the kernels'
+  ``q, k, v``, allocated before the call (a transposed copy made inside the call would be
+  counted, and kept for the backward). A type that is not installed (``lsh`` before it
+  merges) is reported and skipped.
 
 Usage::
 
@@ -186,7 +189,7 @@ def run_approximate(kernel: str, q, k, v, pattern: Pattern) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, torch.matmul(E, k), torch.matmul(E, v))
     name = "causal" if causal else "full"
     layer = _part(("lsh", name, str(dev)), lambda: lsh_layer(name, str(dev)))
-    return layer(q.transpose(1, 2).reshape(q.shape[0], L, H * D))
+    return layer(q.view(q.shape[0], L, H * D))  # q's storage as the layer input (no copy; random either way)
 
 
 def resolved(kernel: str, pattern: Pattern, L: int, device: str, grad: bool) -> str:

@@ -61,6 +61,52 @@ def test_head_by_head_checkpointed_path_equals_one_piece(L, causal):
         assert_close(a, r, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("L,causal,shared,segment", [(1, False, True, 1), (1, True, False, 2**21), (8, True, True, 1),
+                                                     (13, False, True, 2**21), (13, True, False, 1),
+                                                     (33, False, False, 40), (33, True, True, 40)])
+def test_memory_saving_pieces_equal_the_dense_twin(L, causal, shared, segment):
+    """The head-and-round pieces (shared-QK keys made piece by piece, or given keys; the
+    sorted chunks in checkpointed segments of one or a few chunks, or in one run) against
+    the dense twin: outputs and the gradients of queries, keys and values."""
+    q, v = _inputs(2, 3, L, 5, seed=L + 7)
+    k = None if shared else F.normalize(q.detach(), dim=-1).add(0.1).requires_grad_()
+    b = lsh_buckets(F.normalize(q, dim=-1), draw_rotations(3, 3, 5, 4, generator=torch.Generator().manual_seed(3)))
+    lengths = torch.tensor([L, max(1, L - 4)])
+    pieces = lsh_attention(q, k, v, b, 4, 2, causal=causal, lengths=lengths, max_block_scores=0,
+                           segment_scores=segment)
+    kr = F.normalize(q, dim=-1) if shared else k
+    ref = lsh_attention_reference(q, kr, v, b, 4, 2, causal=causal, lengths=lengths)
+    assert_close(pieces, ref, rtol=1e-5, atol=1e-6)
+    leaves = (q, v) if shared else (q, k, v)
+    for a, r in zip(_grads(pieces, *leaves), _grads(ref, *leaves)):
+        assert_close(a, r, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        again = lsh_attention(q, k, v, b, 4, 2, causal=causal, lengths=lengths, max_block_scores=0, segment_scores=segment)
+        assert_close(again, pieces)
+
+
+def test_pieces_replay_dropout_in_the_backward():
+    """With dropout the backward recomputes each piece with the very masks of the forward:
+    its gradients equal autograd through the same pieces drawn from the same seed."""
+    from tsformer.attention.lsh import _piece, _valid, combine_rounds
+
+    q, v = _inputs(1, 2, 11, 4, seed=5)
+    b = lsh_buckets(F.normalize(q, dim=-1), draw_rotations(2, 2, 4, 2, generator=torch.Generator().manual_seed(4)))
+    torch.manual_seed(11)
+    out = lsh_attention(q, None, v, b, 2, 3, causal=True, dropout_p=0.3, max_block_scores=0, segment_scores=20)
+    torch.manual_seed(11)
+    args = (2, 3, True, _valid(None, 1, 11, q.device), 4**-0.5, 0.3, 20)
+    heads = []
+    for h in range(2):
+        parts = [_piece(q, None, v, b, h, r, *args) for r in range(2)]
+        heads.append(combine_rounds(torch.cat([o for o, _ in parts], 2), torch.cat([s for _, s in parts], 2)))
+    ref = torch.cat(heads, 1)
+    assert_close(out, ref)
+    assert not torch.equal(out, lsh_attention(q, None, v, b, 2, 3, causal=True, max_block_scores=0))
+    for a, r in zip(_grads(out, q, v), _grads(ref, q, v)):
+        assert_close(a, r, rtol=1e-5, atol=1e-6)
+
+
 def _exact_self_masked(q, v, causal):
     """Softmax attention with keys = normalised queries and the self score -1e5 (Sec. 3)."""
     L = q.shape[-2]

@@ -40,6 +40,13 @@ FEATURE_KINDS = ("positive", "trig")
 HEADROOM = 40.0
 """Largest log-value of a positive key feature (``e^40 * 1e12`` keys still fits fp32)."""
 
+BLOCK = 4096
+"""Positions per checkpointed block of the bidirectional form (``O(BLOCK m)`` features live)."""
+CAUSAL_BLOCK = 1024
+"""Positions per checkpointed block of the causal form: besides the features, a block holds
+``BLOCK / chunk`` prefix-sum states of ``m x Dv`` and their gradients (with ``m = 256``,
+``Dv = 64``, ``chunk = 64``: 8 MB per head at 1024 positions, 32 MB at 4096)."""
+
 State = tuple[Tensor, Tensor]
 """``(S, z)``: the causal prefix sums ``sum_j phi(k_j) v_j^T`` ``(B, H, m, Dv)`` and
 ``sum_j phi(k_j)`` ``(B, H, m)``."""
@@ -191,7 +198,7 @@ def _causal_block(q: Tensor, k: Tensor, v: Tensor, w: Tensor, valid: Tensor | No
 
 def favor_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool = False, kind: str = "positive",
                     valid: Tensor | None = None, state: State | None = None, chunk: int = 64,
-                    block: int = 4096) -> tuple[Tensor, State | None]:
+                    block: int | None = None) -> tuple[Tensor, State | None]:
     """FAVOR+ attention approximating ``softmax(q k^T / sqrt(d)) v``.
 
     The sequence runs in blocks of ``block`` positions; when gradients are needed and there
@@ -207,7 +214,9 @@ def favor_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool 
         kind: one of :data:`FEATURE_KINDS` (``trig``: bidirectional only).
         valid: bool ``(B, L)``, False at padded keys (they contribute nothing), or None.
         state: causal only: the sums of earlier positions (incremental decoding).
-        chunk: causal positions per chunk. block: positions per checkpointed block.
+        chunk: causal positions per chunk. block: positions per checkpointed block (None:
+            :data:`BLOCK`, or :data:`CAUSAL_BLOCK` for the causal form, whose block also
+            holds a ``(m, Dv)`` state per chunk).
     Returns:
         ``(B, H, L, Dv)`` in ``v``'s dtype, and the state after the last position (causal)
         or None.
@@ -233,6 +242,8 @@ def favor_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool 
             sq = sq.masked_fill(~valid[:, None, :], float("-inf"))
         shift = sq.amax().clamp_min(0.0)
     B, H, L, _ = q.shape
+    if block is None:
+        block = CAUSAL_BLOCK if causal else BLOCK
     step = max(chunk, block // chunk * chunk) if causal else max(1, block)
     spans = [(a, min(L, a + step)) for a in range(0, L, step)] or [(0, 0)]
     if state is None and causal:
@@ -331,6 +342,8 @@ class _Blockwise(torch.autograd.Function):
 
 
 __all__ = [
+    "BLOCK",
+    "CAUSAL_BLOCK",
     "FEATURE_KINDS",
     "HEADROOM",
     "causal_linear_attention",

@@ -126,7 +126,9 @@ class LSHAttention(AttentionLayer):
             y = lsh_attention_reference(q, k, v, buckets, self.buckets, self.chunk, causal=causal, lengths=lengths)
         else:
             p = self.spec.dropout if self.training else 0.0
-            y = lsh_attention(q, k, v, buckets, self.buckets, self.chunk, causal=causal, lengths=lengths, dropout_p=p)
+            del k  # the kernel normalises the queries itself (shared-QK), head by head at long lengths
+            y = lsh_attention(q, None, v, buckets, self.buckets, self.chunk, causal=causal, lengths=lengths,
+                              dropout_p=p)
         return self.out(self.merge(y))
 
     def extra_repr(self) -> str:
