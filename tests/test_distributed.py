@@ -92,6 +92,10 @@ def test_random_partitions_give_the_commands_output(model, history, whole):
     one = forecast_frame(history[history.series == "U017"], model, seed=7, batch_size=BATCH)
     pd.testing.assert_frame_equal(as_written(one), whole[whole.series == "U017"].reset_index(drop=True))
     assert list(got.columns) == output_columns() and (got.dtypes.to_numpy()[2:] == np.float32).all()
+    # any batch size, a batch of one included: the same forecasts
+    few = history[history.series.isin(["S1", "U003", "U100"])]
+    ones = forecast_frame(few, model, seed=7, batch_size=1)
+    pd.testing.assert_frame_equal(as_written(ones), whole[whole.series.isin(few.series)].reset_index(drop=True))
     # another seed, another forecast
     other = forecast_frame(history[history.series == "U017"], model, seed=8, batch_size=BATCH)
     assert not np.allclose(other["0.5"], one["0.5"])

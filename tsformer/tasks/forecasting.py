@@ -75,6 +75,14 @@ def forecast_batch(
     that noise. ``early_exit``: a CALM exit rule for the sampled steps
     (:func:`calibrate_forecast_exit`).
     """
+    if noise is None and seed is not None and "start" in batch:
+        horizon = batch["covariates"].shape[1] - batch["inputs"].shape[1] + 1
+        noise = window_noise(batch, num_samples, horizon, seed)
+    if noise is not None and len(noise) == 1:
+        # A window's paths must not depend on its batch, but CPU conv1d takes another kernel
+        # (other rounding) for a batch of one: run it as a batch of two copies.
+        two = {k: torch.cat([v, v]) for k, v in batch.items()}
+        return forecast_batch(net, two, num_samples, generator, None, decode, early_exit, torch.cat([noise, noise]))[:1]
     kw = {"static": batch["static"]} if "static" in batch else {}
     if decode and decode.get("method", "sequential") != "sequential":
         kw["decode"] = decode
@@ -82,9 +90,6 @@ def forecast_batch(
         kw["early_exit"] = early_exit
     if noise is not None:
         kw["noise"] = noise
-    elif seed is not None and "start" in batch:
-        horizon = batch["covariates"].shape[1] - batch["inputs"].shape[1] + 1
-        kw["noise"] = window_noise(batch, num_samples, horizon, seed)
     s = net.sample(batch["inputs"], batch["covariates"], batch["series"], num_samples, generator=generator, **kw)
     return s * batch["scale"][:, None, None]
 
