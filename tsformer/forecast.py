@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from tsformer.cli import command
 from tsformer.data.errors import DataError
 from tsformer.export import ExportError, load_decode, load_tsf, parse_args
-from tsformer.tasks.forecasting import forecast_batch
+from tsformer.tasks.forecasting import forecast_batch, keyed_noise, series_seed
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # the .tsf file written by tsformer.export
@@ -38,7 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "num_samples": None,  # null: the trained module.num_samples
     "batch_size": 256,  # series per batch
     "device": "cpu",  # cpu | cuda
-    "seed": 0,  # sampling seed: the same seed and batch_size give the same forecast
+    "seed": 0,  # sampling seed; each series' noise comes from (seed, series id), whatever the batching
+    "devices": 1,  # >1: shard the series over this many processes (device=cpu) or GPUs (device=cuda)
     "unknown_series": None,  # null: the trained data.unknown_series (mean | error | <series id>)
     "on_short": None,  # null: the trained data.on_short (error | skip)
     "progress": True,
@@ -77,8 +79,10 @@ def predict_frame(
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Forecast every predict item of ``dm`` (after ``setup("predict")``).
 
-    ``decode``: decoding options (:func:`tsformer.export.load_decode`); ``method=jacobi``
-    draws each batch's noise up front from the seeded generator.
+    ``decode``: decoding options (:func:`tsformer.export.load_decode`). Each series' noise
+    comes from its own generator seeded by ``seed`` and the series id
+    (:func:`~tsformer.tasks.forecasting.series_seed`), so its forecast does not depend on
+    which other series share the input, the batch or the process.
 
     Returns:
         The long forecast table (``series``, ``time``, ``mean``, one column per quantile)
@@ -87,7 +91,6 @@ def predict_frame(
     from tqdm.auto import tqdm
 
     net = net.to(device).eval()
-    gen = torch.Generator(device=device).manual_seed(int(seed))
     qs = torch.tensor(quantiles, dtype=torch.float32, device=device)
     H = dm.horizon
     names, times, means, quants, samples = [], [], [], [], []
@@ -95,7 +98,9 @@ def predict_frame(
     done = 0
     for batch in tqdm(dm.predict_dataloader(), disable=not progress, desc="forecast", unit="batch"):
         batch = {k: v.to(device) for k, v in batch.items()}
-        s = forecast_batch(net, batch, num_samples, gen, decode=decode).float()  # (B, S, H)
+        seeds = [series_seed(seed, dm.table.names[n]) for n, _ in items[done : done + len(batch["inputs"])]]
+        noise = keyed_noise(seeds, num_samples, H, device)
+        s = forecast_batch(net, batch, num_samples, decode=decode, noise=noise).float()  # (B, S, H)
         if len(quantiles):
             quants.append(torch.quantile(s, qs, dim=1).permute(1, 2, 0).cpu().numpy())  # (B, H, Q)
         means.append(s.mean(1).cpu().numpy())
@@ -175,18 +180,12 @@ def plot_forecasts(dm, fc: pd.DataFrame, series: list[str], out_dir: Path, quant
     return written
 
 
-def forecast(**kwargs) -> pd.DataFrame:
-    """Run the forecast command with keyword arguments (see :data:`DEFAULTS`)."""
-    args = {**DEFAULTS, **kwargs}
+def forecast_settings(args: dict[str, Any], info: dict) -> tuple[int, list[float], int, dict]:
+    """``(horizon, quantiles, num_samples, decode)`` of the command's arguments (over
+    :data:`DEFAULTS`), checked against the exported model's ``info`` (:func:`load_tsf`)."""
     decode = args["decode"] if isinstance(args["decode"], dict) else load_decode(str(args["decode"] or "sequential"))
     if decode.get("method") not in ("sequential", "jacobi"):
         raise SystemExit(f"decode.method={decode.get('method')!r}: forecasts decode sequential or jacobi")
-    if not args["model"] or not args["input"]:
-        raise SystemExit("usage: python -m tsformer.forecast model=model.tsf input=history.csv output=forecast.csv")
-    device = args["device"]
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("device=cuda but no CUDA device is available")
-    net, info = load_tsf(args["model"], device=device)
     trained_h = int(info["data_state"]["horizon"])
     h = int(args["horizon"] or trained_h)
     if not 1 <= h <= trained_h:
@@ -194,6 +193,20 @@ def forecast(**kwargs) -> pd.DataFrame:
     quantiles = [float(q) for q in (args["quantiles"] or [])]
     if any(not 0 < q < 1 for q in quantiles):
         raise DataError(f"quantiles must lie strictly between 0 and 1, got {quantiles}")
+    num_samples = int(args["num_samples"] or info["config"].get("module", {}).get("num_samples", 100))
+    return h, quantiles, num_samples, decode
+
+
+def forecast(**kwargs) -> pd.DataFrame:
+    """Run the forecast command with keyword arguments (see :data:`DEFAULTS`)."""
+    args = {**DEFAULTS, **kwargs}
+    if not args["model"] or not args["input"]:
+        raise SystemExit("usage: python -m tsformer.forecast model=model.tsf input=history.csv output=forecast.csv")
+    device = args["device"]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("device=cuda but no CUDA device is available")
+    net, info = load_tsf(args["model"], device=device)
+    h, quantiles, num_samples, decode = forecast_settings(args, info)
     dm = make_datamodule(
         info, args["input"], horizon=h, eval_batch_size=int(args["batch_size"]),
         unknown_series=args["unknown_series"], on_short=args["on_short"],
@@ -201,9 +214,13 @@ def forecast(**kwargs) -> pd.DataFrame:
     for name, length in dm.skipped:
         print(f"skipped series {name!r}: {length} steps of history < context_length {dm.context_length}",
               file=sys.stderr)
-    num_samples = int(args["num_samples"] or info["config"].get("module", {}).get("num_samples", 100))
-    fc, _ = predict_frame(net, dm, quantiles, num_samples, include_mean=bool(args["mean"]), seed=args["seed"],
-                          device=device, progress=bool(args["progress"]), decode=decode)
+    predict = predict_frame
+    if int(args["devices"]) > 1:  # the same forecasts, series sharded over processes (tsformer.distributed)
+        from tsformer.distributed import predict_sharded
+
+        predict = partial(predict_sharded, devices=int(args["devices"]))
+    fc, _ = predict(net, dm, quantiles, num_samples, include_mean=bool(args["mean"]), seed=args["seed"],
+                    device=device, progress=bool(args["progress"]), decode=decode)
     write_csv_atomic(fc, args["output"])
     if args["plot"]:
         out = Path(args["output"])

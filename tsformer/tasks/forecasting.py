@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +29,29 @@ from tsformer.tasks.hooks import LearnedPartsHooks
 from tsformer.tasks.optim import warmup_cosine
 
 
+def keyed_noise(seeds: Sequence[int], num_samples: int, horizon: int, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard-normal draws ``(B, S, H)``, row ``b`` from its own CPU generator seeded
+    ``seeds[b]``, so a row's draws depend on its seed only (not on batching or device)."""
+    rows = [torch.randn(num_samples, horizon, generator=torch.Generator().manual_seed(int(k))) for k in seeds]
+    out = torch.stack(rows) if rows else torch.empty(0, num_samples, horizon)
+    return out.to(device, dtype)
+
+
+def series_seed(seed: int, series: object) -> int:
+    """The noise seed of one series' forecast: a 63-bit hash of the run's ``seed`` and the
+    series id (as text). Stable across processes and machines (unlike ``hash``), so a
+    series gets the same forecast whichever partition, shard or batch it lands in."""
+    digest = hashlib.blake2b(f"{int(seed)}\x1f{series}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def window_noise(batch: dict[str, Tensor], num_samples: int, horizon: int, seed: int) -> Tensor:
     """Standard-normal draws ``(B, S, H)``, each window's from its own generator seeded by
     (seed, series, start)."""
-    return torch.stack([
-        torch.randn(num_samples, horizon, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(n) * 100_003 + int(t)))
-        for n, t in zip(batch["series"].tolist(), batch["start"].tolist())
-    ]).to(batch["inputs"].device, batch["inputs"].dtype)
+    seeds = [int(seed) * 1_000_003 + int(n) * 100_003 + int(t)
+             for n, t in zip(batch["series"].tolist(), batch["start"].tolist())]
+    return keyed_noise(seeds, num_samples, horizon, batch["inputs"].device, batch["inputs"].dtype)
 
 
 def forecast_batch(
@@ -44,10 +62,12 @@ def forecast_batch(
     seed: int | None = None,
     decode: dict | None = None,
     early_exit: EarlyExit | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Sample paths of a forecast-window batch on the original scale: ``(B, S, H)``.
 
-    With ``seed`` (and windows that carry their ``start``), draws come from per-window
+    ``noise``: the ``(B, S, H)`` standard-normal draws to use (e.g. :func:`keyed_noise`).
+    Else, with ``seed`` (and windows that carry their ``start``), draws come from per-window
     generators (:func:`window_noise`); otherwise from ``generator``. ``decode``: the
     decoding options (``conf/decode``; :func:`tsformer.nn.decoding.decode_values`); with
     ``method=jacobi`` the noise of every path and step is drawn up front and all horizon
@@ -55,14 +75,21 @@ def forecast_batch(
     that noise. ``early_exit``: a CALM exit rule for the sampled steps
     (:func:`calibrate_forecast_exit`).
     """
+    if noise is None and seed is not None and "start" in batch:
+        horizon = batch["covariates"].shape[1] - batch["inputs"].shape[1] + 1
+        noise = window_noise(batch, num_samples, horizon, seed)
+    if noise is not None and len(noise) == 1:
+        # A window's paths must not depend on its batch, but CPU conv1d takes another kernel
+        # (other rounding) for a batch of one: run it as a batch of two copies.
+        two = {k: torch.cat([v, v]) for k, v in batch.items()}
+        return forecast_batch(net, two, num_samples, generator, None, decode, early_exit, torch.cat([noise, noise]))[:1]
     kw = {"static": batch["static"]} if "static" in batch else {}
     if decode and decode.get("method", "sequential") != "sequential":
         kw["decode"] = decode
     if early_exit is not None:
         kw["early_exit"] = early_exit
-    if seed is not None and "start" in batch:
-        horizon = batch["covariates"].shape[1] - batch["inputs"].shape[1] + 1
-        kw["noise"] = window_noise(batch, num_samples, horizon, seed)
+    if noise is not None:
+        kw["noise"] = noise
     s = net.sample(batch["inputs"], batch["covariates"], batch["series"], num_samples, generator=generator, **kw)
     return s * batch["scale"][:, None, None]
 

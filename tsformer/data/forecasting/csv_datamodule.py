@@ -168,6 +168,8 @@ class CSVForecastingDataModule(ForecastingDataModule):
             "freq": table.freq,
             "context_length": int(self.context_length),
             "horizon": int(self.horizon),
+            # the age feature's scale: forecasts then never depend on the input's time span
+            "age_length": len(table.index) + 1,
         }
 
     # -- set-up ----------------------------------------------------------------------
@@ -235,8 +237,9 @@ class CSVForecastingDataModule(ForecastingDataModule):
         if self.static_categoricals:
             maps = [{v: i + 1 for i, v in enumerate(voc)} for voc in self.vocab["static_vocab"]]
             static = np.array([[m.get(v, 0) for m, v in zip(maps, row)] for row in table.static], dtype=np.int64)
+        age = age_feature(T, starts, self.vocab.get("age_length"))
         self.windows = CSVWindows(
-            padded, tf, age_feature(T, starts), static=static, series_index=self._series_index(table.names),
+            padded, tf, age, static=static, series_index=self._series_index(table.names),
             known=cov_p[:, :, :K], past=cov_p[:, :, K:], horizon=H,
         )
         self.series_starts, self.series_ends = starts, ends

@@ -52,10 +52,11 @@ def series_starts(values: np.ndarray) -> np.ndarray:
     return starts.astype(np.int64)
 
 
-def age_feature(length: int, starts: np.ndarray) -> np.ndarray:
-    """``(T, N)`` age since series start, ``log10(2 + age)`` squashed into about ``[-0.5, 0.5]``."""
+def age_feature(length: int, starts: np.ndarray, norm: int | None = None) -> np.ndarray:
+    """``(T, N)`` age since series start, ``log10(2 + age)`` squashed into about ``[-0.5, 0.5]``
+    by ``log10(2 + norm)`` (default ``norm = length``)."""
     t = np.arange(length)[:, None] - starts[None, :]
-    age = np.log10(2.0 + np.clip(t, 0, None)) / np.log10(2.0 + length)
+    age = np.log10(2.0 + np.clip(t, 0, None)) / np.log10(2.0 + (length if norm is None else norm))
     return (age - 0.5).astype(np.float32)
 
 
