@@ -10,6 +10,16 @@ killed run never leaves half a forecast file. Known covariates need ``horizon`` 
 rows (empty target) in the input. ``decode=jacobi`` (``tsformer/conf/decode/jacobi.yaml``) draws
 every path's noise up front and updates all horizon steps per forward pass (Jacobi
 iteration), reaching the paths sequential sampling gives with that noise.
+
+Early exit (CALM; a model trained with ``module.exit_heads=true``): each sampled step stops
+after the first block whose state has saturated (``measure=state``, the default) or whose
+exit classifier is confident (``measure=classifier``), the threshold calibrated on held-out
+windows so that each window's quantile loss changes by at most ``tolerance`` (relative)
+against the full model, with probability ``1 - delta``; the threshold and the average
+layers used go to stderr:
+
+    python -m tsformer.forecast model=model.tsf input=history.csv decode.early_exit.tolerance=0.01 \
+        decode.early_exit.calibration=heldout.csv
 """
 
 from __future__ import annotations
@@ -25,8 +35,17 @@ import torch
 
 from tsformer.cli import command
 from tsformer.data.errors import DataError
-from tsformer.export import ExportError, load_decode, load_tsf, parse_args
-from tsformer.tasks.forecasting import forecast_batch
+from tsformer.export import (
+    ExportError,
+    early_exit_options,
+    exit_report,
+    load_decode,
+    load_tsf,
+    parse_args,
+    require_exit_heads,
+)
+from tsformer.nn.early_exit import Calibration, EarlyExit
+from tsformer.tasks.forecasting import calibrate_forecast_exit, fit_forecast_exit_classifier, forecast_batch
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # the .tsf file written by tsformer.export
@@ -74,11 +93,13 @@ def predict_frame(
     progress: bool = False,
     keep_samples: bool = False,
     decode: dict | None = None,
+    early_exit: EarlyExit | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Forecast every predict item of ``dm`` (after ``setup("predict")``).
 
     ``decode``: decoding options (:func:`tsformer.export.load_decode`); ``method=jacobi``
-    draws each batch's noise up front from the seeded generator.
+    draws each batch's noise up front from the seeded generator. ``early_exit``: a CALM
+    rule for the sampled steps (:func:`calibrate`).
 
     Returns:
         The long forecast table (``series``, ``time``, ``mean``, one column per quantile)
@@ -95,7 +116,7 @@ def predict_frame(
     done = 0
     for batch in tqdm(dm.predict_dataloader(), disable=not progress, desc="forecast", unit="batch"):
         batch = {k: v.to(device) for k, v in batch.items()}
-        s = forecast_batch(net, batch, num_samples, gen, decode=decode).float()  # (B, S, H)
+        s = forecast_batch(net, batch, num_samples, gen, decode=decode, early_exit=early_exit).float()  # (B, S, H)
         if len(quantiles):
             quants.append(torch.quantile(s, qs, dim=1).permute(1, 2, 0).cpu().numpy())  # (B, H, Q)
         means.append(s.mean(1).cpu().numpy())
@@ -116,6 +137,67 @@ def predict_frame(
         for rho in quantiles:
             cols[str(rho)] = []
     return pd.DataFrame(cols), (np.concatenate(samples) if keep_samples and samples else None)
+
+
+def calibration_batches(info: dict, path: str, horizon: int, examples: int, batch_size: int = 256,
+                        device: str = "cpu") -> list[dict[str, torch.Tensor]]:
+    """Forecast windows with known futures from a held-out series CSV (the training schema),
+    for calibrating early exit: per series, non-overlapping windows of ``horizon`` steps,
+    the latest first, taken in turn over the series up to ``examples``; windows with a
+    missing future value are left out.
+
+    Raises:
+        DataError: the file does not fit the model, or holds no complete window.
+    """
+    from tsformer.data.forecasting.csv_datamodule import CSVForecastingDataModule
+    from tsformer.data.forecasting.datamodule import ForecastWindows
+
+    data = {k: v for k, v in info["config"]["data"].items() if k not in ("_target_", "path")}
+    data.update(horizon=horizon, test_windows=0, val_windows=0, train_stride=horizon)
+    dm = CSVForecastingDataModule(path=path, **data)
+    dm.load_state_dict(info["data_state"])
+    dm.setup("fit")
+    per_series: dict[int, list[tuple[int, int]]] = {}
+    for n, t in dm.train_items.tolist():
+        if np.isfinite(dm.windows.values[t : t + horizon, n]).all():
+            per_series.setdefault(n, []).append((n, t))
+    queues = [lst[::-1] for lst in per_series.values()]
+    items = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)][:examples]
+    if not items:
+        raise DataError(f"{path}: no window of context_length {dm.context_length} + horizon {horizon} steps with "
+                        "every future value observed, to calibrate early exit on")
+    ds = ForecastWindows(dm.windows, np.asarray(items, dtype=np.int64), dm.context_length, horizon)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
+    return [{k: v.to(device) for k, v in b.items()} for b in loader]
+
+
+def calibrate(net: torch.nn.Module, info: dict, opts: dict, horizon: int, num_samples: int, seed: int = 0,
+              batch_size: int = 256, device: str = "cpu") -> tuple[EarlyExit, Calibration | None]:
+    """The early-exit rule of ``opts`` (:func:`tsformer.export.early_exit_options`): the given
+    threshold, or one calibrated by Learn-then-Test on the windows of the held-out CSV
+    ``opts["calibration"]`` (:func:`calibration_batches`), a window's inconsistency being the
+    relative change of its quantile loss against the full model's forecast from the same
+    noise (:func:`tsformer.tasks.forecasting.calibrate_forecast_exit`). The ``classifier``
+    measure first fits its classifier on half of the windows and calibrates on the other half."""
+    measure, given = opts["measure"], opts["threshold"]
+    if given is not None and measure != "classifier":
+        return EarlyExit(measure, given, readout=net.readout), None
+    if not opts["calibration"]:
+        raise SystemExit("decode.early_exit.measure=classifier is trained on held-out windows: set "
+                         "decode.early_exit.calibration=<series CSV>")
+    n = opts["examples"] * (2 if measure == "classifier" else 1)
+    batches = calibration_batches(info, opts["calibration"], horizon, n, batch_size, device)
+    classifier = None
+    if measure == "classifier":
+        flat = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+        half = max(1, len(flat["series"]) // 2)
+        fit = [{k: v[:half] for k, v in flat.items()}]
+        batches = [{k: v[half:] for k, v in flat.items()}] if len(flat["series"]) > 1 else fit
+        classifier = fit_forecast_exit_classifier(net, fit)
+        if given is not None:
+            return EarlyExit(measure, given, readout=net.readout, classifier=classifier), None
+    return calibrate_forecast_exit(net, batches, num_samples, measure, opts["tolerance"], opts["delta"], seed,
+                                   classifier=classifier)
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> None:
@@ -183,6 +265,7 @@ def forecast(**kwargs) -> pd.DataFrame:
         raise SystemExit(f"decode.method={decode.get('method')!r}: forecasts decode sequential or jacobi")
     if not args["model"] or not args["input"]:
         raise SystemExit("usage: python -m tsformer.forecast model=model.tsf input=history.csv output=forecast.csv")
+    exits = early_exit_options(decode, "state", ("state", "classifier"), "forecasts (Gaussian outputs, not tokens)")
     device = args["device"]
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("device=cuda but no CUDA device is available")
@@ -202,8 +285,15 @@ def forecast(**kwargs) -> pd.DataFrame:
         print(f"skipped series {name!r}: {length} steps of history < context_length {dm.context_length}",
               file=sys.stderr)
     num_samples = int(args["num_samples"] or info["config"].get("module", {}).get("num_samples", 100))
+    policy, cal = None, None
+    if exits is not None:
+        require_exit_heads(bool((info["config"].get("module") or {}).get("exit_heads")), args["model"])
+        policy, cal = calibrate(net, info, exits, h, num_samples, int(args["seed"]), int(args["batch_size"]), device)
+        policy.reset()
     fc, _ = predict_frame(net, dm, quantiles, num_samples, include_mean=bool(args["mean"]), seed=args["seed"],
-                          device=device, progress=bool(args["progress"]), decode=decode)
+                          device=device, progress=bool(args["progress"]), decode=decode, early_exit=policy)
+    if policy is not None:
+        print(exit_report(exits, policy, cal, exits["calibration"], "windows"), file=sys.stderr)
     write_csv_atomic(fc, args["output"])
     if args["plot"]:
         out = Path(args["output"])
