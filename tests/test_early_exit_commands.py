@@ -58,7 +58,7 @@ def test_generate_calibrates_and_exits_early(lm, capsys):
 
     tmp, run, text = lm
     common = [f"run={run}", "prompt=the c", "length=20", "temperature=0"]
-    assert main([*common, "decode.early_exit.tolerance=0.5", "decode.early_exit.delta=0.5",
+    assert main([*common, "decode.early_exit.tolerance=0.9", "decode.early_exit.delta=0.5",
                  f"decode.early_exit.calibration={text}", "decode.early_exit.examples=12"]) == 0
     err = capsys.readouterr().err
     avg, n = layers_used(err)
@@ -215,7 +215,7 @@ def test_transcribe_calibrates_and_exits_early(asr, capsys):
     from tsformer.transcribe import main
 
     _, root, ckpt = asr
-    main([f"ckpt={ckpt}", f"audio={root / 'test-clean'}", "decode.early_exit.tolerance=0.5",
+    main([f"ckpt={ckpt}", f"audio={root / 'test-clean'}", "decode.early_exit.tolerance=0.9",
           "decode.early_exit.delta=0.5", f"decode.early_exit.calibration={root / 'dev-clean'}"])
     out = capsys.readouterr()
     avg, n = layers_used(out.err)
