@@ -218,6 +218,7 @@ def early_exit_options(decode: dict[str, Any], default_measure: str, measures: t
         if not ee.get("calibration"):
             raise SystemExit(f"decode.early_exit.tolerance={out['tolerance']:g} is calibrated on held-out data: set "
                              "decode.early_exit.calibration=<path> (or give decode.early_exit.threshold=<value>)")
+    if ee.get("calibration"):  # also where a given threshold's classifier is fitted on it
         out["calibration"] = str(ee["calibration"])
         if not Path(out["calibration"]).exists():
             raise SystemExit(f"decode.early_exit.calibration={out['calibration']}: no such file or folder")
