@@ -168,6 +168,89 @@ def load_decode(name: str = "sequential", overrides: dict[str, Any] | list[str] 
     return OmegaConf.to_container(OmegaConf.merge(base, over), resolve=True)
 
 
+def early_exit_options(decode: dict[str, Any], default_measure: str, measures: tuple[str, ...] | None = None,
+                       where: str = "") -> dict[str, Any] | None:
+    """The ``decode.early_exit`` settings (#18) checked, or None when early exit is off
+    (neither ``tolerance`` nor ``threshold`` set).
+
+    Args:
+        decode: the options from :func:`load_decode`.
+        default_measure: the measure when ``decode.early_exit.measure`` is null.
+        measures: the measures this command serves (default: all of CALM's).
+        where: what the user decodes (for messages), e.g. ``"forecasts"``.
+    Returns:
+        ``measure``, ``tolerance``, ``delta``, ``threshold`` (float or None), ``calibration``
+        (path or None) and ``examples``.
+    Raises:
+        SystemExit: a bad value or a missing companion key, naming the key.
+    """
+    from tsformer.nn.early_exit import MEASURES
+
+    ee = dict(decode.get("early_exit") or {})
+    if ee.get("tolerance") is None and ee.get("threshold") is None:
+        if ee.get("measure") is not None or ee.get("calibration") is not None:
+            raise SystemExit("decode.early_exit needs decode.early_exit.tolerance=<e.g. 0.01> (calibrated on "
+                             "decode.early_exit.calibration=<held-out data>) or decode.early_exit.threshold=<value>")
+        return None
+    measure = ee.get("measure") or default_measure
+    allowed = measures or MEASURES
+    if measure not in allowed:
+        raise SystemExit(f"decode.early_exit.measure={measure}: {where or 'this command'} can use {', '.join(allowed)}")
+    if decode.get("method", "sequential") != "sequential":
+        raise SystemExit(f"decode.early_exit with decode={decode.get('method')}: early exit decides per position, "
+                         "one position per forward pass; use decode=sequential")
+    out = {"measure": measure, "tolerance": None, "delta": 0.1, "threshold": None, "calibration": None,
+           "examples": 100}
+    try:
+        if ee.get("threshold") is not None:
+            out["threshold"] = float(ee["threshold"])
+        else:
+            out["tolerance"] = float(ee["tolerance"])
+            out["delta"] = float(ee.get("delta") if ee.get("delta") is not None else 0.1)
+        out["examples"] = int(ee.get("examples") or 100)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"decode.early_exit: expected numbers ({e})") from None
+    if out["threshold"] is None:
+        if not 0.0 < out["tolerance"] < 1.0:
+            raise SystemExit(f"decode.early_exit.tolerance={out['tolerance']}: must lie in (0, 1), e.g. 0.01")
+        if not 0.0 < out["delta"] < 1.0:
+            raise SystemExit(f"decode.early_exit.delta={out['delta']}: must lie in (0, 1), e.g. 0.1")
+        if not ee.get("calibration"):
+            raise SystemExit(f"decode.early_exit.tolerance={out['tolerance']:g} is calibrated on held-out data: set "
+                             "decode.early_exit.calibration=<path> (or give decode.early_exit.threshold=<value>)")
+    if ee.get("calibration"):  # also where a given threshold's classifier is fitted on it
+        out["calibration"] = str(ee["calibration"])
+        if not Path(out["calibration"]).exists():
+            raise SystemExit(f"decode.early_exit.calibration={out['calibration']}: no such file or folder")
+    if out["examples"] < 1:
+        raise SystemExit(f"decode.early_exit.examples={out['examples']}: must be >= 1")
+    return out
+
+
+def require_exit_heads(trained: bool, what: str | Path) -> None:
+    """ExportError unless the model was trained with per-layer heads (``module.exit_heads``),
+    which early exit reads."""
+    if not trained:
+        raise ExportError(f"{what}: trained without per-layer exit heads; early exit (decode.early_exit.*) needs a "
+                          "model trained with module.exit_heads=true")
+
+
+def exit_report(opts: dict[str, Any], policy, cal=None, source: str = "", unit: str = "examples") -> str:
+    """The line commands print about early exit: the threshold (calibrated or given) and the
+    average layers the decoding used (``policy.avg_layers`` of ``policy.n_layers``)."""
+    from tsformer.nn.early_exit import NEVER
+
+    th = "never exits" if policy.threshold == NEVER else f"threshold {policy.threshold:.6g}"
+    if cal is None:
+        how = "given"
+    else:
+        p = next((pv for t, _, pv in cal.tested if t == cal.threshold), None)
+        how = (f"calibrated on {cal.n} {unit} of {source} for tolerance {cal.tolerance:g}, delta {cal.delta:g}"
+               + (f" (p-value {p:.3g})" if p is not None else ": no threshold met the tolerance, the full model decodes"))
+    return (f"early exit ({opts['measure']}): {th}, {how}; {policy.avg_layers:.2f} of {policy.n_layers} layers "
+            "on average")
+
+
 def _dotted_keys(d: Any, prefix: str = "") -> set[str]:
     """``{"a": {"b": 1}, "c": 2}`` -> ``{"a.b", "c"}`` (leaves; an empty or null mapping
     value is a leaf too)."""

@@ -10,6 +10,16 @@ killed run never leaves half a forecast file. Known covariates need ``horizon`` 
 rows (empty target) in the input. ``decode=jacobi`` (``tsformer/conf/decode/jacobi.yaml``) draws
 every path's noise up front and updates all horizon steps per forward pass (Jacobi
 iteration), reaching the paths sequential sampling gives with that noise.
+
+Early exit (CALM; a model trained with ``module.exit_heads=true``): each sampled step stops
+after the first block whose state has saturated (``measure=state``, the default) or whose
+exit classifier is confident (``measure=classifier``), the threshold calibrated on held-out
+windows so that each window's quantile loss changes by at most ``tolerance`` (relative)
+against the full model, with probability ``1 - delta``; the threshold and the average
+layers used go to stderr:
+
+    python -m tsformer.forecast model=model.tsf input=history.csv decode.early_exit.tolerance=0.01 \
+        decode.early_exit.calibration=heldout.csv
 """
 
 from __future__ import annotations
@@ -26,8 +36,23 @@ import torch
 
 from tsformer.cli import command
 from tsformer.data.errors import DataError
-from tsformer.export import ExportError, load_decode, load_tsf, parse_args
-from tsformer.tasks.forecasting import forecast_batch, keyed_noise, series_seed
+from tsformer.export import (
+    ExportError,
+    early_exit_options,
+    exit_report,
+    load_decode,
+    load_tsf,
+    parse_args,
+    require_exit_heads,
+)
+from tsformer.nn.early_exit import Calibration, EarlyExit
+from tsformer.tasks.forecasting import (
+    calibrate_forecast_exit,
+    fit_forecast_exit_classifier,
+    forecast_batch,
+    keyed_noise,
+    series_seed,
+)
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # the .tsf file written by tsformer.export
@@ -76,13 +101,15 @@ def predict_frame(
     progress: bool = False,
     keep_samples: bool = False,
     decode: dict | None = None,
+    early_exit: EarlyExit | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Forecast every predict item of ``dm`` (after ``setup("predict")``).
 
     ``decode``: decoding options (:func:`tsformer.export.load_decode`). Each series' noise
     comes from its own generator seeded by ``seed`` and the series id
     (:func:`~tsformer.tasks.forecasting.series_seed`), so its forecast does not depend on
-    which other series share the input, the batch or the process.
+    which other series share the input, the batch or the process. ``early_exit``: a CALM
+    rule for the sampled steps (:func:`calibrate`).
 
     Returns:
         The long forecast table (``series``, ``time``, ``mean``, one column per quantile)
@@ -100,7 +127,7 @@ def predict_frame(
         batch = {k: v.to(device) for k, v in batch.items()}
         seeds = [series_seed(seed, dm.table.names[n]) for n, _ in items[done : done + len(batch["inputs"])]]
         noise = keyed_noise(seeds, num_samples, H, device)
-        s = forecast_batch(net, batch, num_samples, decode=decode, noise=noise).float()  # (B, S, H)
+        s = forecast_batch(net, batch, num_samples, decode=decode, early_exit=early_exit, noise=noise).float()  # (B, S, H)
         if len(quantiles):
             quants.append(torch.quantile(s, qs, dim=1).permute(1, 2, 0).cpu().numpy())  # (B, H, Q)
         means.append(s.mean(1).cpu().numpy())
@@ -121,6 +148,67 @@ def predict_frame(
         for rho in quantiles:
             cols[str(rho)] = []
     return pd.DataFrame(cols), (np.concatenate(samples) if keep_samples and samples else None)
+
+
+def calibration_batches(info: dict, path: str, horizon: int, examples: int, batch_size: int = 256,
+                        device: str = "cpu") -> list[dict[str, torch.Tensor]]:
+    """Forecast windows with known futures from a held-out series CSV (the training schema),
+    for calibrating early exit: per series, non-overlapping windows of ``horizon`` steps,
+    the latest first, taken in turn over the series up to ``examples``; windows with a
+    missing future value are left out.
+
+    Raises:
+        DataError: the file does not fit the model, or holds no complete window.
+    """
+    from tsformer.data.forecasting.csv_datamodule import CSVForecastingDataModule
+    from tsformer.data.forecasting.datamodule import ForecastWindows
+
+    data = {k: v for k, v in info["config"]["data"].items() if k not in ("_target_", "path")}
+    data.update(horizon=horizon, test_windows=0, val_windows=0, train_stride=horizon)
+    dm = CSVForecastingDataModule(path=path, **data)
+    dm.load_state_dict(info["data_state"])
+    dm.setup("fit")
+    per_series: dict[int, list[tuple[int, int]]] = {}
+    for n, t in dm.train_items.tolist():
+        if np.isfinite(dm.windows.values[t : t + horizon, n]).all():
+            per_series.setdefault(n, []).append((n, t))
+    queues = [lst[::-1] for lst in per_series.values()]
+    items = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)][:examples]
+    if not items:
+        raise DataError(f"{path}: no window of context_length {dm.context_length} + horizon {horizon} steps with "
+                        "every future value observed, to calibrate early exit on")
+    ds = ForecastWindows(dm.windows, np.asarray(items, dtype=np.int64), dm.context_length, horizon)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
+    return [{k: v.to(device) for k, v in b.items()} for b in loader]
+
+
+def calibrate(net: torch.nn.Module, info: dict, opts: dict, horizon: int, num_samples: int, seed: int = 0,
+              batch_size: int = 256, device: str = "cpu") -> tuple[EarlyExit, Calibration | None]:
+    """The early-exit rule of ``opts`` (:func:`tsformer.export.early_exit_options`): the given
+    threshold, or one calibrated by Learn-then-Test on the windows of the held-out CSV
+    ``opts["calibration"]`` (:func:`calibration_batches`), a window's inconsistency being the
+    relative change of its quantile loss against the full model's forecast from the same
+    noise (:func:`tsformer.tasks.forecasting.calibrate_forecast_exit`). The ``classifier``
+    measure first fits its classifier on half of the windows and calibrates on the other half."""
+    measure, given = opts["measure"], opts["threshold"]
+    if given is not None and measure != "classifier":
+        return EarlyExit(measure, given, readout=net.readout), None
+    if not opts["calibration"]:
+        raise SystemExit("decode.early_exit.measure=classifier is trained on held-out windows: set "
+                         "decode.early_exit.calibration=<series CSV>")
+    n = opts["examples"] * (2 if measure == "classifier" else 1)
+    batches = calibration_batches(info, opts["calibration"], horizon, n, batch_size, device)
+    classifier = None
+    if measure == "classifier":
+        flat = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+        half = max(1, len(flat["series"]) // 2)
+        fit = [{k: v[:half] for k, v in flat.items()}]
+        batches = [{k: v[half:] for k, v in flat.items()}] if len(flat["series"]) > 1 else fit
+        classifier = fit_forecast_exit_classifier(net, fit)
+        if given is not None:
+            return EarlyExit(measure, given, readout=net.readout, classifier=classifier), None
+    return calibrate_forecast_exit(net, batches, num_samples, measure, opts["tolerance"], opts["delta"], seed,
+                                   classifier=classifier)
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> None:
@@ -207,6 +295,7 @@ def forecast(**kwargs) -> pd.DataFrame:
         raise SystemExit("device=cuda but no CUDA device is available")
     net, info = load_tsf(args["model"], device=device)
     h, quantiles, num_samples, decode = forecast_settings(args, info)
+    exits = early_exit_options(decode, "state", ("state", "classifier"), "forecasts (Gaussian outputs, not tokens)")
     dm = make_datamodule(
         info, args["input"], horizon=h, eval_batch_size=int(args["batch_size"]),
         unknown_series=args["unknown_series"], on_short=args["on_short"],
@@ -214,13 +303,23 @@ def forecast(**kwargs) -> pd.DataFrame:
     for name, length in dm.skipped:
         print(f"skipped series {name!r}: {length} steps of history < context_length {dm.context_length}",
               file=sys.stderr)
-    predict = predict_frame
+    policy, cal = None, None
+    if exits is not None:
+        require_exit_heads(bool((info["config"].get("module") or {}).get("exit_heads")), args["model"])
+        policy, cal = calibrate(net, info, exits, h, num_samples, int(args["seed"]), int(args["batch_size"]), device)
+        policy.reset()
     if int(args["devices"]) > 1:  # the same forecasts, series sharded over processes (tsformer.distributed)
+        if policy is not None:
+            raise SystemExit("decode.early_exit with devices>1 is not supported: forecast with devices=1")
         from tsformer.distributed import predict_sharded
 
         predict = partial(predict_sharded, devices=int(args["devices"]))
+    else:
+        predict = partial(predict_frame, early_exit=policy)
     fc, _ = predict(net, dm, quantiles, num_samples, include_mean=bool(args["mean"]), seed=args["seed"],
                     device=device, progress=bool(args["progress"]), decode=decode)
+    if policy is not None:
+        print(exit_report(exits, policy, cal, exits["calibration"], "windows"), file=sys.stderr)
     write_csv_atomic(fc, args["output"])
     if args["plot"]:
         out = Path(args["output"])

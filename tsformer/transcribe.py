@@ -18,6 +18,16 @@ per line (``start end word``, seconds; ``level=segment``: one pause-delimited se
 line), ``json`` the text, words and segments, ``srt`` numbered subtitles of the segments.
 With a folder of inputs, ``output`` is a folder (``<name>.<format>`` per file).
 
+Early exit (CALM on intermediate CTC heads; a checkpoint trained with
+``module.exit_heads=true``): each recording (or window) stops after the first block whose
+posteriors are confident enough on average over its frames, the threshold calibrated on
+held-out recordings (no transcripts needed) so that the transcripts' word error rate against
+the full encoder's stays within ``tolerance``, with probability ``1 - delta``; the threshold
+and the average layers used go to stderr:
+
+    python -m tsformer.transcribe ckpt=best.ckpt audio=folder/ decode.early_exit.tolerance=0.01 \
+        decode.early_exit.calibration=heldout_folder/   [or a manifest; decode.early_exit.threshold=0.9]
+
 The checkpoint alone is enough: it holds the network's constructor arguments, the tokenizer,
 the feature settings and the normalisation statistics; it is loaded weights-only.
 """
@@ -28,9 +38,10 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,23 +50,43 @@ from tsformer.data.speech.audio import AUDIO_SUFFIXES
 from tsformer.data.speech.datamodule import make_fbank, make_feature_extractor
 from tsformer.data.speech.stream import SPLITS, audio_windows
 from tsformer.data.tokenizers import BLANK, tokenizer_from_state
+from tsformer.export import early_exit_options, exit_report, load_decode, require_exit_heads
+from tsformer.metrics import word_errors
 from tsformer.nn.ctc import ctc_decode
+from tsformer.nn.early_exit import (
+    Calibration,
+    EarlyExit,
+    ExitClassifier,
+    calibrate_threshold,
+    candidate_thresholds,
+    ctc_early_exit,
+    tokens_agree,
+)
 
 USAGE = "usage: python -m tsformer.transcribe ckpt=<checkpoint> audio=<file or folder> [output=<file or folder>] " \
         "[format=tsv|json|srt] [level=word|segment] [decoding=greedy|beam] [beam_width=N] [window=15] " \
-        "[context=1.5] [split=vad|fixed] [device=cpu]"
+        "[context=1.5] [split=vad|fixed] [device=cpu] [decode.early_exit.tolerance=0.01 " \
+        "decode.early_exit.calibration=<audio folder or manifest>]"
 OPTIONS = ("ckpt", "audio", "out", "output", "format", "level", "decoding", "beam_width", "window", "context",
-           "split", "device")
+           "split", "device", "decode")
 FORMATS = ("tsv", "json", "srt")
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    args = {}
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    dec = []
     for a in argv:
         key, eq, value = a.partition("=")
+        if eq and key.startswith("decode."):
+            dec.append(a[len("decode."):])
+            continue
         if not eq or key not in OPTIONS:
             raise SystemExit(f"bad argument {a!r}\n{USAGE}")
         args["out" if key == "output" else key] = value
+    args["decode"] = load_decode(args.get("decode") or "sequential", dec)
+    if args["decode"].get("method") != "sequential":
+        raise SystemExit(f"decode={args['decode'].get('method')}: a CTC encoder decodes every frame at once; "
+                         "transcribe takes decode=sequential (with decode.early_exit.*)")
     for key in ("ckpt", "audio"):
         if key not in args:
             raise SystemExit(f"missing {key}=...\n{USAGE}")
@@ -85,6 +116,8 @@ def load_recognizer(ckpt: str | Path, device: str = "cpu"):
     net = cls(**asr["net_config"])
     weights = {k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(weights)
+    # Per-layer CTC heads (module.exit_heads=true), which early exit reads.
+    asr = {**asr, "exit_heads": bool((state.get("hyper_parameters") or {}).get("exit_heads"))}
     return net.to(device).eval(), tokenizer_from_state(asr["tokenizer"]), asr
 
 
@@ -100,13 +133,23 @@ def find_inputs(path: Path, features: dict) -> list[Path]:
     return [path]
 
 
+def encoder(net, early_exit: EarlyExit | None = None) -> Callable:
+    """``(feats (B, T, F), lengths) -> (log_probs, lengths)``: the network, or its
+    per-utterance early exit (:func:`tsformer.nn.early_exit.ctc_early_exit`) under a CALM rule."""
+    if early_exit is None:
+        return net
+    return lambda feats, lens: ctc_early_exit(net, feats, lens, early_exit)[:2]
+
+
 @torch.no_grad()
-def transcribe(files: list[Path], net, tokenizer, asr: dict, decoding: str, beam_width: int, device: str = "cpu"):
-    """Yield ``(file, text)`` per file."""
+def transcribe(files: list[Path], net, tokenizer, asr: dict, decoding: str, beam_width: int, device: str = "cpu",
+               early_exit: EarlyExit | None = None):
+    """Yield ``(file, text)`` per file (``early_exit``: each file stops at its exit layer)."""
     extract = make_feature_extractor(asr["features"])
+    run_net = encoder(net, early_exit)
     for f in files:
         feats = extract(str(f)).to(device)
-        log_probs, lens = net(feats[None], torch.tensor([feats.shape[0]], device=device))
+        log_probs, lens = run_net(feats[None], torch.tensor([feats.shape[0]], device=device))
         ids = ctc_decode(log_probs, lens, decoding, beam_width)[0]
         yield f, tokenizer.decode(ids)
 
@@ -134,12 +177,13 @@ def output_stride(net) -> int:
 
 @torch.no_grad()
 def window_tokens(path: str | Path, net, asr: dict, window: float = 15.0, context: float = 1.5, split: str = "vad",
-                  device: str = "cpu") -> Iterator[tuple[int, int, float]]:
+                  device: str = "cpu", early_exit: EarlyExit | None = None) -> Iterator[tuple[int, int, float]]:
     """``(token id, output frame, seconds per frame)`` of every token greedy CTC decoding emits.
 
     Each window's arg-max path is kept over its own stretch only, and repeats are merged
     across the seams as within a window, so the result is one best path over the whole
-    recording (:func:`tsformer.data.speech.stream.audio_windows`).
+    recording (:func:`tsformer.data.speech.stream.audio_windows`). ``early_exit``: each
+    window stops at its exit layer.
     """
     features = asr["features"]
     if features.get("type", "fbank") != "fbank":
@@ -148,9 +192,10 @@ def window_tokens(path: str | Path, net, asr: dict, window: float = 15.0, contex
     sr, hop = int(features.get("sample_rate", 16000)), int(features.get("hop_length", 160))
     grid = output_stride(net) * hop / sr
     prev = BLANK
+    run_net = encoder(net, early_exit)
     for w in audio_windows(path, sr, window, context, grid, split, resample=bool(features.get("resample", True))):
         feats = fbank(w.samples.to(device))
-        log_probs, lens = net(feats[None], torch.tensor([feats.shape[0]], device=device))
+        log_probs, lens = run_net(feats[None], torch.tensor([feats.shape[0]], device=device))
         best = log_probs[0, : int(lens[0])].argmax(-1).tolist()
         for g in range(w.keep_start, min(w.keep_end, w.start + len(best))):
             tok = best[g - w.start]
@@ -192,9 +237,10 @@ def words_to_segments(words: list[Word], pause: float = 0.5, longest: float = 6.
 
 
 def transcribe_long(path: str | Path, net, tokenizer, asr: dict, window: float = 15.0, context: float = 1.5,
-                    split: str = "vad", device: str = "cpu") -> dict:
+                    split: str = "vad", device: str = "cpu", early_exit: EarlyExit | None = None) -> dict:
     """``{"audio", "text", "words": [Word], "segments": [Word]}`` of a recording of any length."""
-    words = tokens_to_words(window_tokens(path, net, asr, window, context, split, device), tokenizer.token_texts())
+    words = tokens_to_words(window_tokens(path, net, asr, window, context, split, device, early_exit),
+                            tokenizer.token_texts())
     return {"audio": str(path), "text": " ".join(w.word for w in words), "words": words,
             "segments": words_to_segments(words)}
 
@@ -234,6 +280,89 @@ def _duration(path: Path) -> float:
         return 0.0  # unreadable: the reader names the file
 
 
+MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+
+
+def calibration_files(path: Path, features: dict, examples: int) -> list[Path]:
+    """Audio (or feature) files to calibrate early exit on: a file, a folder (searched
+    recursively) or a manifest (``.jsonl``/``.json``/``.csv``/``.tsv``, whole files only);
+    transcripts are not needed (consistency is measured against the full model), the first
+    ``examples`` are used."""
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        from tsformer.data.speech.manifest import read_manifest
+
+        rows, _ = read_manifest(path)
+        parts = [u for u, _ in rows if getattr(u, "offset", None) is None]
+        if len(parts) < len(rows):
+            raise SystemExit(f"decode.early_exit.calibration={path}: rows with an offset (parts of a file) are not "
+                             "supported for calibration; list whole files")
+        files = [Path(u.path) for u in parts]
+    else:
+        files = find_inputs(path, features)
+    return files[:examples]
+
+
+@torch.no_grad()
+def calibrate(net, tokenizer, asr: dict, opts: dict, decoding: str, beam_width: int,
+              device: str = "cpu") -> tuple[EarlyExit, Calibration | None, int]:
+    """The early-exit rule of ``opts`` (:func:`tsformer.export.early_exit_options`): the given
+    threshold, or one calibrated by Learn-then-Test (:func:`tsformer.nn.early_exit.calibrate_threshold`)
+    on held-out recordings (:func:`calibration_files`), an utterance's inconsistency being the
+    word error rate of its early-exit transcript against the full encoder's (clipped to 1).
+    The ``classifier`` measure first fits its classifier on half of the recordings (per frame:
+    does the layer's arg-max agree with the last layer's) and calibrates on the other half.
+
+    Returns:
+        The rule, the calibration record (None for a given threshold) and the number of files.
+    """
+    measure, given = opts["measure"], opts["threshold"]
+    if given is not None and measure != "classifier":
+        return EarlyExit(measure, given, readout=net.readout), None, 0
+    if not opts["calibration"]:
+        raise SystemExit("decode.early_exit.measure=classifier is trained on held-out recordings: set "
+                         "decode.early_exit.calibration=<audio folder or manifest>")
+    n = opts["examples"] * (2 if measure == "classifier" else 1)
+    files = calibration_files(Path(opts["calibration"]), asr["features"], n)
+    extract = make_feature_extractor(asr["features"])
+    utts = []
+    for f in files:
+        feats = extract(str(f)).to(device)[None]
+        utts.append((feats, torch.tensor([feats.shape[1]], device=device)))
+    classifier = None
+    if measure == "classifier":
+        half = max(1, len(utts) // 2)
+        states, labels = [], []
+        for feats, lens in utts[:half]:
+            hs, out_lens = net.hidden_states(feats, lens)
+            last = net.readout(hs[-1])
+            keep = torch.arange(hs[0].shape[1], device=device)[None] < out_lens[:, None]
+            states.append([h[keep] for h in hs[:-1]])
+            labels.append([tokens_agree(net.readout(h), last)[keep].float() for h in hs[:-1]])
+        xs = [torch.cat(p) for p in zip(*states)]
+        ys = [torch.cat(p) for p in zip(*labels)]
+        classifier = ExitClassifier(xs[0].shape[-1], len(xs) + 1).to(device).fit(xs, ys)
+        utts = utts[half:] if len(utts) > 1 else utts
+        if given is not None:
+            return EarlyExit(measure, given, readout=net.readout, classifier=classifier), None, len(files)
+
+    def text(run_net, feats, lens) -> str:
+        log_probs, out_lens = run_net(feats, lens)
+        return tokenizer.decode(ctc_decode(log_probs, out_lens, decoding, beam_width)[0])
+
+    full = [text(net, *u) for u in utts]
+
+    def losses(t: float) -> list[float]:
+        run_net = encoder(net, EarlyExit(measure, t, readout=net.readout, classifier=classifier))
+        out = []
+        for u, ref in zip(utts, full):
+            errors, words = word_errors(ref, text(run_net, *u))
+            out.append(min(1.0, errors / max(words, 1)))
+        return out
+
+    cal = calibrate_threshold(candidate_thresholds(), losses, opts["tolerance"], opts["delta"])
+    return EarlyExit(measure, cal.threshold, readout=net.readout, classifier=classifier), cal, len(utts)
+
+
 def run(args: dict[str, str]) -> None:
     """Transcribe per the parsed arguments (:func:`parse_args`), printing or writing the results."""
     device = args.get("device", "cpu")
@@ -247,12 +376,17 @@ def run(args: dict[str, str]) -> None:
     long_kw = {"window": float(args.get("window", 15.0)), "context": float(args.get("context", 1.5)),
                "split": args.get("split", "vad"), "device": device}
     audio_in = asr["features"].get("type", "fbank") == "fbank"
+    exits = early_exit_options(args["decode"], "softmax", where="transcription")
+    policy = cal = None
+    if exits is not None:
+        require_exit_heads(asr["exit_heads"] and hasattr(net, "hidden_states"), args["ckpt"])
+        policy, cal, _ = calibrate(net, tokenizer, asr, exits, decoding, beam_width, device)
     lines = []
     for f in files:
         if fmt or (audio_in and _duration(f) > long_kw["window"]):
-            result = transcribe_long(f, net, tokenizer, asr, **long_kw)
+            result = transcribe_long(f, net, tokenizer, asr, **long_kw, early_exit=policy)
         else:
-            result = {"text": next(transcribe([f], net, tokenizer, asr, decoding, beam_width, device))[1]}
+            result = {"text": next(transcribe([f], net, tokenizer, asr, decoding, beam_width, device, policy))[1]}
         if fmt is None:
             lines.append(f"{f}\t{result['text']}\n")
             if out is None:
@@ -268,11 +402,13 @@ def run(args: dict[str, str]) -> None:
     if fmt is None and out is not None:
         write_atomic(out, "".join(lines))
         print(f"wrote {len(lines)} transcripts to {out}")
+    if policy is not None:
+        print(exit_report(exits, policy, cal, exits["calibration"], "recordings"), file=sys.stderr)
 
 
 DEFAULTS = {"ckpt": None, "audio": None, "output": None, "format": "plain text; tsv | json | srt with time stamps",
             "level": "word", "decoding": "the checkpoint's", "beam_width": 8, "window": 15.0, "context": 1.5,
-            "split": "vad", "device": "cpu"}
+            "split": "vad", "device": "cpu", "decode": "sequential"}
 
 
 @command(DEFAULTS, __doc__)

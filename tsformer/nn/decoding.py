@@ -528,6 +528,69 @@ def lookahead_tokens(net, prompt: Tensor, steps: int, window: int = 8, ngram: in
     return torch.cat(rows, 0), {"passes": passes, "tokens": steps * prompt.shape[0]}
 
 
+@torch.no_grad()
+def decode_tokens(
+    net,
+    prompt: Tensor,
+    steps: int,
+    temperature: float = 0.0,
+    decode: dict[str, Any] | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    cache: bool = True,
+    max_context: int | None = None,
+    early_exit: Any = None,
+) -> tuple[Tensor, dict[str, int]]:
+    """Continue ``prompt (B, L)`` by ``steps`` tokens as the ``decode`` options say: the one
+    entry point of token decoding (the char LM's ``generate``, ``python -m tsformer.generate``).
+
+    Args:
+        net: a causal token model (``net(tokens, cache=...)``, ``new_cache``).
+        temperature: 0 is greedy; sampling uses ``noise`` (Gumbel-max, :func:`gumbel_noise`;
+            what every method reproduces) or else a multinomial draw from ``generator``
+            (sequential only).
+        decode: ``conf/decode/<name>.yaml`` options: ``method`` sequential | jacobi (``block``)
+            | lookahead (``window``, ``ngram``, ``pool``, ``pool_text``); None: sequential.
+        cache: sequential decoding with the cache (else every step re-runs the last
+            ``max_context`` tokens: a sliding window).
+        early_exit: a CALM exit rule (:class:`tsformer.nn.early_exit.EarlyExit`): each new
+            token stops at its exit layer (sequential with the cache only).
+    Returns:
+        ``(B, L + steps)`` and counts ``passes`` (forward passes, the prompt's included) and
+        ``tokens`` (``steps``).
+    """
+    decode = dict(decode or {})
+    method = decode.get("method") or "sequential"
+    if method not in DECODE_METHODS:
+        raise ValueError(f"decode.method={method!r}: choose one of {DECODE_METHODS}")
+    if early_exit is not None:
+        if method != "sequential" or not cache:
+            raise ValueError("early exit decides per position, one position per pass with the cache: "
+                             "use decode=sequential within the model's max_tokens")
+        from tsformer.nn.early_exit import early_exit_tokens
+
+        out = early_exit_tokens(net, prompt, steps, early_exit, temperature, generator, max_context, noise)
+        return out, {"passes": steps, "tokens": steps}
+    if method == "sequential":
+        out = generate_tokens(net, prompt, steps, temperature, generator, cache, max_context, noise)
+        return out, {"passes": steps, "tokens": steps}
+    if temperature > 0 and noise is None:
+        raise ValueError(f"decode={method}: sampling needs pre-drawn noise (gumbel_noise) so that the parallel "
+                         "decoder reproduces sequential sampling")
+    if not cache:
+        raise ValueError(f"decode={method}: prompt ({prompt.shape[1]}) + {steps} steps exceed the model's "
+                         f"max_tokens={max_context}; shorten them or use decode=sequential (sliding window)")
+    if method == "jacobi":
+        out, counts = jacobi_tokens(net, prompt, steps, block=int(decode.get("block") or 16), max_context=max_context,
+                                    temperature=temperature, noise=noise)
+    else:
+        out, counts = lookahead_tokens(net, prompt, steps, window=int(decode.get("window", 8)),
+                                       ngram=int(decode.get("ngram", 4)), pool=int(decode.get("pool", 8)),
+                                       max_context=max_context, temperature=temperature, noise=noise,
+                                       pool_text=bool(decode.get("pool_text", True)))
+    return out, {"passes": counts["passes"] + 1, "tokens": steps}
+
+
 def _lookahead_one(net, prompt: Tensor, steps: int, W: int, N: int, G: int, temperature: float,
                    noise: Tensor | None, pool_text: bool) -> tuple[Tensor, int]:
     """:func:`lookahead_tokens` for one prompt ``(1, L)``: the row and its passes."""
@@ -636,6 +699,7 @@ def _diagonal(levels: list[tuple[int, list[int], list[int]]], p: int, N: int) ->
     return gram[:N]
 
 
-__all__ = ["DECODE_METHODS", "DecodeCache", "InputTail", "KVCache", "decode_values", "generate_tokens", "gumbel_noise",
+__all__ = ["DECODE_METHODS", "DecodeCache", "InputTail", "KVCache", "decode_tokens", "decode_values", "generate_tokens",
+           "gumbel_noise",
            "jacobi_decode",
            "jacobi_tokens", "lookahead_tokens", "pick_tokens"]

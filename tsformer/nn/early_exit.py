@@ -238,10 +238,12 @@ class _WithExit:
 
 @torch.no_grad()
 def early_exit_tokens(net: nn.Module, prompt: Tensor, steps: int, policy: EarlyExit, temperature: float = 0.0,
-                      generator: torch.Generator | None = None, max_context: int | None = None) -> Tensor:
+                      generator: torch.Generator | None = None, max_context: int | None = None,
+                      noise: Tensor | None = None) -> Tensor:
     """:func:`~tsformer.nn.decoding.generate_tokens` (with the cache) where each new token
     stops at its exit layer: ``net`` is a causal token model with ``new_cache`` (the char LM);
     the prompt runs through every layer. ``policy.avg_layers`` then tells the layers used.
+    ``noise``: pre-drawn Gumbel noise for sampling (as :func:`generate_tokens` takes it).
 
     Returns:
         ``(B, L + steps)`` token ids.
@@ -250,7 +252,7 @@ def early_exit_tokens(net: nn.Module, prompt: Tensor, steps: int, policy: EarlyE
 
     if policy.readout is None and hasattr(net, "readout"):
         policy.readout = net.readout
-    return generate_tokens(_WithExit(net, policy), prompt, steps, temperature, generator, True, max_context)
+    return generate_tokens(_WithExit(net, policy), prompt, steps, temperature, generator, True, max_context, noise)
 
 
 def tokens_agree(out: Tensor, last: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsformer.metrics import bits_per_character
-from tsformer.nn.decoding import generate_tokens
+from tsformer.nn.decoding import decode_tokens
 from tsformer.nn.early_exit import check_exit_heads, weighted_layer_loss
 from tsformer.tasks.hooks import LearnedPartsHooks, StagedEvalHooks
 from tsformer.tasks.optim import adamw_warmup_cosine
@@ -145,14 +145,22 @@ class CharLMModule(LearnedPartsHooks, StagedEvalHooks, pl.LightningModule):
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, steps: int, temperature: float = 1.0,
-                 generator: torch.Generator | None = None, cache: bool | None = None) -> Tensor:
-        """Sample ``steps`` characters after ``prompt (B, L)`` ids (temperature 0: greedy).
+                 generator: torch.Generator | None = None, cache: bool | None = None,
+                 decode: dict | None = None, noise: Tensor | None = None, early_exit=None) -> Tensor:
+        """Sample ``steps`` characters after ``prompt (B, L)`` ids (temperature 0: greedy),
+        with the shared token decoder (:func:`tsformer.nn.decoding.decode_tokens`).
 
         ``cache`` (default: when prompt and continuation fit the model's ``max_tokens``)
         encodes the prompt once and each new character as one position per layer; without
-        it every step re-runs the last ``max_tokens`` characters.
+        it every step re-runs the last ``max_tokens`` characters. ``decode`` (the
+        ``conf/decode`` options; None: sequential), ``noise`` (pre-drawn Gumbel noise,
+        :func:`~tsformer.nn.decoding.gumbel_noise`, which parallel decoding needs to sample)
+        and ``early_exit`` (a CALM rule, :class:`~tsformer.nn.early_exit.EarlyExit`) as
+        that function takes them; without noise, sampling draws from ``generator``.
         """
         max_tokens = self.net.encoder.max_tokens
         if cache is None:
             cache = prompt.shape[1] + steps <= max_tokens
-        return generate_tokens(self.net, prompt[:, -max_tokens:], steps, temperature, generator, cache, max_tokens)
+        out, _ = decode_tokens(self.net, prompt[:, -max_tokens:], steps, temperature, decode, noise, generator, cache,
+                               max_tokens, early_exit)
+        return out
