@@ -95,7 +95,7 @@ def ctc_prefix_beam_search(
     if beam_width < 1:
         raise ValueError(f"beam_width must be at least 1, got {beam_width}")
     use_lm = lm is not None and lm_weight != 0.0
-    lp = log_probs.detach().float().cpu()
+    rows = log_probs.detach().float().cpu().tolist()  # plain floats: no tensor indexing per token
     lm_score: dict[tuple[int, ...], float] = {(): 0.0}  # prefix -> lm_weight * log P_lm(prefix)
 
     def fused(prefix: tuple[int, ...]) -> float:
@@ -110,16 +110,15 @@ def ctc_prefix_beam_search(
         return score + fused(prefix) if use_lm else score
 
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}  # prefix -> (blank, non-blank)
-    for t in range(lp.shape[0]):
-        row = lp[t]
-        cand = [int(v) for v in torch.nonzero(row >= prune).flatten()]
+    for row in rows:
+        cand = [v for v, x in enumerate(row) if x >= prune]
         if not cand:
-            cand = [int(row.argmax())]
+            cand = [max(range(len(row)), key=row.__getitem__)]
         nxt: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
         for prefix, (pb, pnb) in beams.items():
             total = _logsumexp(pb, pnb)
             for v in cand:
-                p = float(row[v])
+                p = row[v]
                 if v == blank:
                     e = nxt[prefix]
                     e[0] = _logsumexp(e[0], total + p)
