@@ -37,6 +37,14 @@ def test_grid_search_picks_least_dev_wer_and_the_first_of_ties():
     assert len(table) == 9 and min(e for *_, e in table) == 0.0
     assert dict(((tw, tb), e) for tw, tb, e in table)[(0.0, 0.0)] == pytest.approx(2 / 5)
 
+    # Another process's dev shard (counts summed by ``reduce``) can move the choice: there
+    # weight 0.5 makes 10 errors in 10 words at every bonus, so (0, 0) wins overall.
+    def other_process(counts):
+        return [[e + (10 if i in (3, 4, 5) else 0), n + 10] for i, (e, n) in enumerate(counts)]
+
+    w, b, hyps, table = grid_search_fusion(decode, refs, [0.0, 0.5, 1.0], [0.0, 1.0, 2.0], other_process)
+    assert (w, b, hyps) == (0.0, 0.0, ["A B", "D"]) and table[0][2] == pytest.approx(2 / 15)
+
 
 def test_time_budget_anneals_the_rate_whichever_runs_out_first():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -53,6 +53,7 @@ def grid_search_fusion(
     refs: Sequence[str],
     lm_weights: Sequence[float],
     insertion_bonuses: Sequence[float],
+    reduce: Callable[[list[list[int]]], list[list[int]]] | None = None,
 ) -> tuple[float, float, list[str], list[tuple[float, float, float]]]:
     """Language-model weight and insertion bonus of least WER (ties: the earlier pair of the grid).
 
@@ -62,21 +63,23 @@ def grid_search_fusion(
         decode: ``fn(lm_weight, insertion_bonus) -> hypotheses`` (same order as ``refs``).
         refs: reference transcripts.
         lm_weights, insertion_bonuses: the grid.
+        reduce: sums the ``[word errors, words]`` of every grid point over processes (each
+            holding a shard of dev), so that all of them choose the same pair; None: one process.
     Returns:
         ``(lm_weight, insertion_bonus, hypotheses at them, [(weight, bonus, wer) for the grid])``.
     """
-    words = max(sum(len(r.split()) for r in refs), 1)
-    best, table = None, []
-    for w in lm_weights:
-        for b in insertion_bonuses:
-            hyps = decode(float(w), float(b))
-            wer = sum(word_errors(r, h)[0] for r, h in zip(refs, hyps)) / words
-            table.append((float(w), float(b), wer))
-            if best is None or wer < best[2]:
-                best = (float(w), float(b), wer, hyps)
-    if best is None:
+    grid = [(float(w), float(b)) for w in lm_weights for b in insertion_bonuses]
+    if not grid:
         raise ValueError("grid_search_fusion: empty grid")
-    return best[0], best[1], best[3], table
+    hyps, counts = [], []
+    for w, b in grid:
+        hyps.append(decode(w, b))
+        counts.append([sum(word_errors(r, h)[0] for r, h in zip(refs, hyps[-1])), sum(len(r.split()) for r in refs)])
+    if reduce is not None:
+        counts = reduce(counts)
+    table = [(w, b, e / max(n, 1)) for (w, b), (e, n) in zip(grid, counts)]
+    best = min(range(len(grid)), key=lambda i: (table[i][2], i))
+    return grid[best][0], grid[best][1], hyps[best], table
 
 
 class ASRModule(LearnedPartsHooks, pl.LightningModule):
@@ -229,8 +232,13 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
             return [self.tokenizer.decode(ctc_prefix_beam_search(lp, int(d["beam_width"]), lm=self.lm, lm_weight=w,
                                                                  insertion_bonus=b)) for lp, _ in outputs]
 
+        reduce = None
+        if self._trainer is not None and self.trainer.world_size > 1:  # every process: the same choice
+            def reduce(counts):
+                return self.all_gather(torch.tensor(counts, device=self.device)).sum(0).tolist()
+
         w, b, hyps, table = grid_search_fusion(decode, refs, tune.get("lm_weight", [d["lm_weight"]]),
-                                               tune.get("insertion_bonus", [d["insertion_bonus"]]))
+                                               tune.get("insertion_bonus", [d["insertion_bonus"]]), reduce)
         log.info("shallow fusion tuned on %d dev utterances: lm_weight %g, insertion_bonus %g (dev WER %s)",
                  len(refs), w, b, ", ".join(f"{tw:g}/{tb:g}: {100 * e:.2f}%" for tw, tb, e in table))
         d["lm_weight"], d["insertion_bonus"] = w, b
@@ -240,7 +248,7 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
     def _finish_dev(self) -> None:
         """Tune on the held-back dev outputs, then count their errors at the chosen setting."""
         held, self._dev_outputs = self._dev_outputs, None
-        if not held:
+        if held is None:  # not tuning (or done); an empty shard still joins the processes' reduction
             return
         _, _, hyps = self.tune_fusion([(lp, ref) for lp, ref, _ in held])
         self._count("dev", [uid for _, _, uid in held], [ref for _, ref, _ in held], hyps,
@@ -264,7 +272,8 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._utterances = [] if self.plot_settings else None
         # With decoding.tune the dev split (decoded first) is held back until the grid search.
-        self._dev_outputs = [] if self.decoding["tune"] and self.lm is not None else None
+        has_dev = "dev" in self.trainer.datamodule.test_split_names()
+        self._dev_outputs = [] if self.decoding["tune"] and self.lm is not None and has_dev else None
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self.trainer.datamodule.test_split_names()[dataloader_idx]
