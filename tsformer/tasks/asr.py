@@ -131,7 +131,6 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
         self._errors: dict[str, list[int]] = {}
         self._utterances: list[dict] | None = None
         self._dev_outputs: list[tuple] | None = None  # dev outputs held back while tuning
-        self._tuned: list[tuple[float, float, float]] = []
 
     # -- tokenizer / checkpoint state ----------------------------------------
     def setup(self, stage: str) -> None:
@@ -242,7 +241,6 @@ class ASRModule(LearnedPartsHooks, pl.LightningModule):
         log.info("shallow fusion tuned on %d dev utterances: lm_weight %g, insertion_bonus %g (dev WER %s)",
                  len(refs), w, b, ", ".join(f"{tw:g}/{tb:g}: {100 * e:.2f}%" for tw, tb, e in table))
         d["lm_weight"], d["insertion_bonus"] = w, b
-        self._tuned = table
         return w, b, hyps
 
     def _finish_dev(self) -> None:
