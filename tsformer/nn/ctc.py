@@ -85,7 +85,9 @@ def ctc_prefix_beam_search(
         log_probs: ``(T, V)`` log-probabilities.
         beam_width: prefixes kept after each frame.
         blank: the blank id.
-        prune: tokens with a frame log-probability below this are not extended.
+        prune: tokens with a frame log-probability below this are not extended; of the
+            rest, only the frame's ``beam_width`` likeliest (a pre-beam, as ESPnet's
+            ``pre_beam``), which bounds the work per frame on flat, untrained outputs.
         lm: a language model over the token ids (``logprob(context, token)``, ``eos``).
         lm_weight: the language model's weight (0: not used).
         insertion_bonus: added per emitted token (counters the LM's bias to short outputs).
@@ -112,6 +114,8 @@ def ctc_prefix_beam_search(
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}  # prefix -> (blank, non-blank)
     for row in rows:
         cand = [v for v, x in enumerate(row) if x >= prune]
+        if len(cand) > beam_width:  # pre-beam: only the frame's beam_width likeliest tokens extend prefixes
+            cand = sorted(cand, key=row.__getitem__, reverse=True)[:beam_width]
         if not cand:
             cand = [max(range(len(row)), key=row.__getitem__)]
         nxt: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
