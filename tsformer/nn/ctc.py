@@ -86,7 +86,7 @@ def ctc_prefix_beam_search(
         beam_width: prefixes kept after each frame.
         blank: the blank id.
         prune: tokens with a frame log-probability below this are not extended; of the
-            rest, only the frame's ``beam_width`` likeliest (a pre-beam, as ESPnet's
+            rest, only the frame's ``beam_width`` likeliest (a pre-beam, like ESPnet's
             ``pre_beam``), which bounds the work per frame on flat, untrained outputs.
         lm: a language model over the token ids (``logprob(context, token)``, ``eos``).
         lm_weight: the language model's weight (0: not used).
