@@ -93,14 +93,18 @@ def _wer(outs, tokenizer, method: str, beam: int) -> float:
     return e / max(n, 1)
 
 
-def train_losses(run_dir: Path) -> tuple[float, float]:
-    """First and last logged training loss of a run (its CSV log)."""
+def train_losses(run_dir: Path) -> tuple[float | None, float | None]:
+    """First and last logged training loss of a run (its CSV log; None if none was logged)."""
     path = run_dir / "logs" / "metrics.csv"
     losses = []
     if path.exists():
         with open(path) as f:
             losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    return (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
+    return (losses[0], losses[-1]) if losses else (None, None)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def main() -> None:
@@ -117,7 +121,7 @@ def main() -> None:
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     extra = list(args.overrides)
     if args.quick:
-        extra = ["model.n_layers=2", "module.warmup_steps=10", "module.decoding.tune.lm_weight=[0.0,0.5]",
+        extra = ["model.n_layers=2", "module.warmup_steps=10", "trainer.log_every_n_steps=5", "module.decoding.tune.lm_weight=[0.0,0.5]",
                  "module.decoding.tune.insertion_bonus=[0.0,1.0]", *extra]
     steps = args.steps or (40 if args.quick else None)
     records = []
@@ -174,8 +178,8 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['seed']} | {r['params']:,} | {100 * r['test_wer']:.2f}% | "
                      f"{100 * r['test_cer']:.2f}% | {100 * (r['dev_wer'] or float('nan')):.2f}% | "
                      f"{100 * r['test_wer_greedy']:.2f}% | {100 * r['test_wer_beam_no_lm']:.2f}% | {lm} | "
-                     f"{r['steps']} | {r['train_seconds']:.0f} | {r['train_loss_first']:.2f} -> "
-                     f"{r['train_loss_last']:.2f} | {r['train_steps_per_second']:.2f} |")
+                     f"{r['steps']} | {r['train_seconds']:.0f} | {_num(r['train_loss_first'])} -> "
+                     f"{_num(r['train_loss_last'])} | {r['train_steps_per_second']:.2f} |")
     lines.append("")
     for model in args.models:
         wers = [r["test_wer"] for r in records if r["model"] == model]
