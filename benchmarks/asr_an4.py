@@ -168,7 +168,7 @@ def main() -> None:
              f"{os.cpu_count()} CPUs visible, torch threads {threads} (CPU shared with other jobs: timings are "
              f"indicative), `python benchmarks/asr_an4.py {' '.join(sys.argv[1:])}`. Test decoding: "
              f"{records[0]['decoding'] if records else '-'}; the greedy and no-LM columns re-decode the same "
-             "checkpoint; steps/s: forward + CTC + backward + AdamW on AN4 batches of 16, measured apart from "
+             "checkpoint; steps/s: forward + CTC + backward + AdamW on AN4 training batches (data.batch_size), measured apart from "
              "the training run.\n",
              "| model | seed | params | test WER | test CER | dev WER | test WER greedy | test WER beam, no LM "
              "| LM weight / bonus | steps | train s | train loss first -> last | train steps/s |",
