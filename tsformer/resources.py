@@ -39,6 +39,21 @@ def sample_path(name: str) -> str:
     return str(path)
 
 
+DATA_ENV = "TSFORMER_DATA"
+
+
+def data_dir(name: str) -> str:
+    """Where a corpus the user provides is looked for by default: ``$TSFORMER_DATA/<name>``
+    when that variable is set, else ``../shared/data/<name>`` beside the source checkout
+    (configs: ``${data_dir:an4_cepstra/an4}``; ``data.root=...`` overrides either). Nothing
+    is checked here: the data module says what is missing and where it looked."""
+    import os
+
+    base = os.environ.get(DATA_ENV)
+    return str(Path(base) / name) if base else str(REPO_ROOT.parent / "shared" / "data" / name)
+
+
 # ${repo_root:} stays for configs that name data next to a checkout (../shared/...).
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+OmegaConf.register_new_resolver("data_dir", data_dir, replace=True)
 OmegaConf.register_new_resolver("sample", sample_path, replace=True)

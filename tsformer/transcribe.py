@@ -6,7 +6,10 @@
 
 Arguments are ``key=value`` pairs: ``ckpt`` (required), ``audio`` (a file or a folder,
 searched recursively), ``out``/``output`` (write there instead of printing; atomically),
-``decoding`` (``greedy`` | ``beam``; default: the checkpoint's), ``beam_width``, ``device``.
+``decoding`` (``greedy`` | ``beam``; default: the checkpoint's), ``beam_width``, ``device``,
+``lm_weight`` and ``insertion_bonus`` (beam search with the checkpoint's n-gram language
+model, when it holds one: ``module.decoding.lm_order``; default: the values tuned on dev,
+read from the run's ``metrics.json`` beside ``checkpoints/``, else the checkpoint's).
 
 Long recordings: a file longer than ``window`` seconds (default 15), and every file when
 ``format=tsv|json|srt`` asks for time stamps, is read window by window
@@ -65,10 +68,10 @@ from tsformer.nn.early_exit import (
 
 USAGE = "usage: python -m tsformer.transcribe ckpt=<checkpoint> audio=<file or folder> [output=<file or folder>] " \
         "[format=tsv|json|srt] [level=word|segment] [decoding=greedy|beam] [beam_width=N] [window=15] " \
-        "[context=1.5] [split=vad|fixed] [device=cpu] [decode.early_exit.tolerance=0.01 " \
-        "decode.early_exit.calibration=<audio folder or manifest>]"
+        "[context=1.5] [split=vad|fixed] [device=cpu] [lm_weight=W] [insertion_bonus=B] " \
+        "[decode.early_exit.tolerance=0.01 decode.early_exit.calibration=<audio folder or manifest>]"
 OPTIONS = ("ckpt", "audio", "out", "output", "format", "level", "decoding", "beam_width", "window", "context",
-           "split", "device", "decode")
+           "split", "device", "decode", "lm_weight", "insertion_bonus")
 FORMATS = ("tsv", "json", "srt")
 
 
@@ -141,16 +144,35 @@ def encoder(net, early_exit: EarlyExit | None = None) -> Callable:
     return lambda feats, lens: ctc_early_exit(net, feats, lens, early_exit)[:2]
 
 
+def fusion_settings(ckpt: str | Path, asr: dict, args: dict) -> dict:
+    """``ctc_decode``'s language-model arguments: the checkpoint's n-gram LM (if any) with
+    ``lm_weight`` / ``insertion_bonus`` from ``args``, else as tuned on dev (the run's
+    ``metrics.json``, ``decoding/...``), else as configured."""
+    if "lm" not in asr:
+        return {}
+    from tsformer.data.ngram import NgramLM
+
+    dec = dict(asr.get("decoding", {}))
+    metrics_path = Path(ckpt).resolve().parent.parent / "metrics.json"
+    tuned = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    out = {"lm": NgramLM.from_state(asr["lm"])}
+    for key in ("lm_weight", "insertion_bonus"):
+        out[key] = float(args.get(key, tuned.get(f"decoding/{key}", dec.get(key, 0.0))))
+    return out
+
+
 @torch.no_grad()
 def transcribe(files: list[Path], net, tokenizer, asr: dict, decoding: str, beam_width: int, device: str = "cpu",
-               early_exit: EarlyExit | None = None):
-    """Yield ``(file, text)`` per file (``early_exit``: each file stops at its exit layer)."""
+               early_exit: EarlyExit | None = None, fusion: dict | None = None):
+    """Yield ``(file, text)`` per file (``early_exit``: each file stops at its exit layer;
+    ``fusion``: :func:`fusion_settings`, beam search only)."""
     extract = make_feature_extractor(asr["features"])
     run_net = encoder(net, early_exit)
+    fusion = fusion if decoding == "beam" else None
     for f in files:
         feats = extract(str(f)).to(device)
         log_probs, lens = run_net(feats[None], torch.tensor([feats.shape[0]], device=device))
-        ids = ctc_decode(log_probs, lens, decoding, beam_width)[0]
+        ids = ctc_decode(log_probs, lens, decoding, beam_width, **(fusion or {}))[0]
         yield f, tokenizer.decode(ids)
 
 
@@ -370,6 +392,7 @@ def run(args: dict[str, str]) -> None:
     dec = asr.get("decoding", {})
     decoding = args.get("decoding", dec.get("method", "greedy"))
     beam_width = int(args.get("beam_width", dec.get("beam_width", 8)))
+    fusion = fusion_settings(args["ckpt"], asr, args)
     src = Path(args["audio"])
     files = find_inputs(src, asr["features"])
     fmt, out = args.get("format"), Path(args["out"]) if "out" in args else None
@@ -386,7 +409,8 @@ def run(args: dict[str, str]) -> None:
         if fmt or (audio_in and _duration(f) > long_kw["window"]):
             result = transcribe_long(f, net, tokenizer, asr, **long_kw, early_exit=policy)
         else:
-            result = {"text": next(transcribe([f], net, tokenizer, asr, decoding, beam_width, device, policy))[1]}
+            result = {"text": next(transcribe([f], net, tokenizer, asr, decoding, beam_width, device, policy,
+                                              fusion))[1]}
         if fmt is None:
             lines.append(f"{f}\t{result['text']}\n")
             if out is None:
@@ -408,7 +432,9 @@ def run(args: dict[str, str]) -> None:
 
 DEFAULTS = {"ckpt": None, "audio": None, "output": None, "format": "plain text; tsv | json | srt with time stamps",
             "level": "word", "decoding": "the checkpoint's", "beam_width": 8, "window": 15.0, "context": 1.5,
-            "split": "vad", "device": "cpu", "decode": "sequential"}
+            "split": "vad", "device": "cpu", "decode": "sequential",
+            "lm_weight": "tuned on dev (metrics.json) or the checkpoint's",
+            "insertion_bonus": "tuned on dev (metrics.json) or the checkpoint's"}
 
 
 @command(DEFAULTS, __doc__)

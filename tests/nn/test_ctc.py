@@ -1,9 +1,13 @@
-"""CTC greedy and prefix beam search on hand-made log-probabilities."""
+"""CTC greedy and prefix beam search (with and without a fused language model) on hand-made
+and random log-probabilities, against brute-force enumeration."""
 
+import itertools
 import math
 
+import pytest
 import torch
 
+from tsformer.data.ngram import NgramLM
 from tsformer.nn.ctc import ctc_decode, ctc_greedy_decode, ctc_prefix_beam_search
 
 
@@ -41,9 +45,14 @@ def test_beam_matches_brute_force_on_random_small_case():
     torch.manual_seed(0)
     T, V = 4, 3
     lp = torch.log_softmax(torch.randn(T, V) * 2, -1)
-    # brute force: sum path probabilities per collapsed labelling
-    import itertools
+    scores = _labelling_probs(lp)
+    best = max(scores, key=scores.get)
+    assert ctc_prefix_beam_search(lp, beam_width=50, prune=-1e9) == list(best)
 
+
+def _labelling_probs(lp: torch.Tensor) -> dict:
+    """Brute force: P_ctc(labelling), the path probabilities summed per collapsed labelling."""
+    T, V = lp.shape
     scores: dict = {}
     for path in itertools.product(range(V), repeat=T):
         seq, prev = [], None
@@ -53,8 +62,55 @@ def test_beam_matches_brute_force_on_random_small_case():
             prev = t
         p = math.exp(sum(float(lp[i, t]) for i, t in enumerate(path)))
         scores[tuple(seq)] = scores.get(tuple(seq), 0.0) + p
-    best = max(scores, key=scores.get)
-    assert ctc_prefix_beam_search(lp, beam_width=50, prune=-1e9) == list(best)
+    return scores
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_with_lm_matches_brute_force_fused_scores(seed):
+    # Every labelling of T=5 frames over {a, b} fits in the beam (at most 63), so the search
+    # must return the argmax of log P_ctc + w log P_lm (end of sentence included) + bonus * len.
+    g = torch.Generator().manual_seed(seed)
+    lp = torch.log_softmax(torch.randn(5, 3, generator=g) * 1.5, -1)
+    lm = NgramLM.train([[1, 2, 1], [2, 2], [1, 1, 2, 1], [2]], vocab_size=3, order=3)
+    weight, bonus = [(0.5, 0.0), (1.0, 0.7), (2.0, -0.3)][seed % 3]
+    fused = {lab: math.log(p) + weight * lm.sentence_logprob(lab) + bonus * len(lab)
+             for lab, p in _labelling_probs(lp).items()}
+    best = max(fused, key=fused.get)
+    got = ctc_prefix_beam_search(lp, beam_width=100, prune=-1e9, lm=lm, lm_weight=weight, insertion_bonus=bonus)
+    assert got == list(best), (got, best)
+
+
+def test_lm_turns_an_acoustically_ambiguous_frame_its_way():
+    # Frame 2 is a coin toss between b (2) and c (3); the LM has only seen "a b".
+    lp = _lp([[0.02, 0.96, 0.01, 0.01], [0.02, 0.01, 0.485, 0.485]])
+    lm = NgramLM.train([[1, 2]] * 5, vocab_size=4, order=2)
+    got = {w: ctc_prefix_beam_search(lp, 4, lm=lm, lm_weight=w) for w in (0.0, 0.5)}
+    assert got[0.5] == [1, 2] and got[0.0] in ([1, 2], [1, 3])
+    lp = _lp([[0.02, 0.96, 0.01, 0.01], [0.02, 0.01, 0.47, 0.50]])  # acoustics prefer c ...
+    assert ctc_prefix_beam_search(lp, 4) == [1, 3]
+    assert ctc_prefix_beam_search(lp, 4, lm=lm, lm_weight=0.5) == [1, 2]  # ... the LM b
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_beam_width_one_without_lm_equals_greedy_on_peaky_outputs(seed):
+    # Trained CTC outputs are peaky (one token takes most of each frame's mass); there one
+    # surviving prefix is the best path. (On flat outputs prefix search can differ from the
+    # best path, by summing alignments: see test_beam_search_sums_alignments_where_greedy_fails.)
+    g = torch.Generator().manual_seed(seed)
+    path = torch.randint(0, 6, (40,), generator=g)
+    logits = torch.randn(40, 6, generator=g) + 6.0 * torch.nn.functional.one_hot(path, 6)
+    lp = torch.log_softmax(logits, -1)
+    assert ctc_prefix_beam_search(lp, beam_width=1) == ctc_greedy_decode(lp)[0]
+    assert ctc_decode(lp[None], torch.tensor([40]), "beam", beam_width=1) == ctc_greedy_decode(lp)
+
+
+def test_decode_rejects_what_it_cannot_do():
+    lp = torch.zeros(1, 3, 3).log_softmax(-1)
+    lm = NgramLM.train([[1, 2]], vocab_size=3, order=2)
+    with pytest.raises(ValueError, match="needs method=beam"):
+        ctc_decode(lp, torch.tensor([3]), "greedy", lm=lm, lm_weight=0.5)
+    with pytest.raises(ValueError, match="beam_width must be at least 1"):
+        ctc_prefix_beam_search(lp[0], beam_width=0)
 
 
 def test_ctc_decode_batch_methods_agree_on_peaky_input():

@@ -60,10 +60,15 @@ def test_an4_train_on_precomputed_features(tmp_path):
     assert "test/wer" in metrics and "test/cer" in metrics and metrics["train/steps"] == 4
 
 
-def test_an4_default_root_and_missing_corpus_message(tmp_path):
+def test_an4_default_root_and_missing_corpus_message(tmp_path, monkeypatch):
+    from tsformer.resources import REPO_ROOT
+
+    monkeypatch.delenv("TSFORMER_DATA", raising=False)
     cfg = compose_config(["task=an4", "model=conformer"])
-    assert cfg.data.root.endswith("/../shared/data/an4_cepstra/an4")
+    assert cfg.data.root == str(REPO_ROOT.parent / "shared" / "data" / "an4_cepstra" / "an4")  # beside the checkout
+    monkeypatch.setenv("TSFORMER_DATA", str(tmp_path / "corpora"))
+    assert compose_config(["task=an4"]).data.root == str(tmp_path / "corpora" / "an4_cepstra" / "an4")
     cfg = compose_config(["task=an4", f"data.root={tmp_path}/nowhere", f"run_dir={tmp_path / 'run'}"])
-    with pytest.raises(ValueError, match="AN4 corpus not found"):
+    with pytest.raises(ValueError, match="AN4 corpus not found.*etc/an4_train.fileids.*data.root=.*TSFORMER_DATA"):
         train(cfg)
     assert not (tmp_path / "run").exists()  # nothing written before the data is validated

@@ -66,10 +66,12 @@ class AN4DataModule(SpeechDataModule):
         return Path(u.path).parent.name
 
     def read_split(self, part: str) -> list[Utterance]:
-        if not (Path(self.root) / "etc").is_dir():
+        if not (Path(self.root) / "etc" / "an4_train.fileids").is_file():
             raise DataError(
-                f"{self.root}: AN4 corpus not found. Put the Sphinx-cepstra AN4 distribution (etc/, feat/) "
-                "there or pass data.root=<path to an4>"
+                f"{self.root}: AN4 corpus not found (no etc/an4_train.fileids there). Put CMU's AN4 as Sphinx "
+                "cepstra (the 'an4' folder holding etc/an4_{train,test}.{fileids,transcription} and "
+                "feat/an4_clstk/..., feat/an4test_clstk/...; http://www.speech.cs.cmu.edu/databases/an4/) there, "
+                "pass data.root=/path/to/an4, or set TSFORMER_DATA to a folder holding an4_cepstra/an4"
             )
         if part == "test":
             return read_an4_split(self.root, "test")
