@@ -38,7 +38,11 @@ def check_decoding(decoding: dict | None) -> dict:
                          f"{dec['lm_order']}")
     uses_lm = dec["lm_weight"] or dec["tune"]
     if uses_lm and (dec["method"] != "beam" or not int(dec["lm_order"])):
-        raise ValueError("module.decoding: lm_weight / tune need method=beam and lm_order >= 1 (the n-gram order)")
+        # A task's shipped LM settings must not stop `module.decoding.method=greedy` (or
+        # `lm_order=0`) given alone: the fusion simply does not apply then.
+        log.info("module.decoding: method=%s, lm_order=%s: no language-model fusion (lm_weight and tune unused)",
+                 dec["method"], dec["lm_order"])
+        dec.update(lm_weight=0.0, tune=None, lm_order=0 if dec["method"] != "beam" else dec["lm_order"])
     if dec["tune"] is not None:
         tune = dict(dec["tune"])
         bad = sorted(set(tune) - {"lm_weight", "insertion_bonus"})
