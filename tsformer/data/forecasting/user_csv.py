@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tsformer.data.encoding import codec
 from tsformer.data.errors import DataError
+from tsformer.data.forecasting.readers import iter_frames, read_frame
 
 CHUNK_ROWS = 1_000_000
 
@@ -162,6 +164,7 @@ def read_user_csv(
     static_categoricals: list[str] | None = None,
     frame: pd.DataFrame | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    encoding: str = "utf-8",
 ) -> UserTable:
     """Read and validate a user CSV (or an in-memory ``frame`` with the same columns).
 
@@ -177,6 +180,8 @@ def read_user_csv(
         static_categoricals: columns constant within a series (long format only).
         frame: read this DataFrame instead of ``path``.
         chunk_rows: rows per chunk when reading long files.
+        encoding: the file's text encoding (any Python codec); undecodable bytes raise a
+            DataError naming the byte offset.
     Returns:
         The :class:`UserTable`.
     """
@@ -195,10 +200,8 @@ def read_user_csv(
             raise DataError(f"{source}: is a directory, not a CSV file")
         if os.path.getsize(p) == 0:
             raise DataError(f"{source}: the file is empty")
-        try:
-            columns = [str(c) for c in pd.read_csv(p, nrows=0).columns]
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{source}: the file is empty") from None
+        codec(encoding)  # an unknown codec is a config error before anything is read
+        columns = [str(c) for c in read_frame(p, encoding, nrows=0).columns]
     if id_col is None and static:
         raise DataError(f"{source}: data.static_categoricals need long format (set data.id_col)")
     wanted = {"time_col": [time_col]}
@@ -212,18 +215,20 @@ def read_user_csv(
     if overlap:
         raise DataError(f"{source}: column(s) {sorted(overlap)} declared twice (target / known / past covariates)")
     if id_col is None:
-        return _read_wide(source, path, frame, time_col, target, columns, freq, known, past)
-    return _read_long(source, path, frame, time_col, target, id_col, freq, known, past, static, chunk_rows)
+        return _read_wide(source, path, frame, time_col, target, columns, freq, known, past, encoding)
+    return _read_long(source, path, frame, time_col, target, id_col, freq, known, past, static, chunk_rows,
+                      encoding)
 
 
-def _read_wide(source, path, frame, time_col, target, columns, freq, known, past) -> UserTable:
+def _read_wide(source, path, frame, time_col, target, columns, freq, known, past, encoding) -> UserTable:
     if target is None:
         targets = [c for c in columns if c not in {time_col, *known, *past}]
     else:
         targets = _as_list(target)
     if not targets:
         raise DataError(f"{source}: no series column left besides {time_col!r} and the covariates")
-    df = frame if frame is not None else pd.read_csv(path, usecols=[time_col, *targets, *known, *past], dtype=str)
+    df = frame if frame is not None else read_frame(path, encoding, usecols=[time_col, *targets, *known, *past],
+                                                    dtype=str)
     if len(df) == 0:
         raise DataError(f"{source}: the file has a header but no rows")
     times = _parse_times(source, df[time_col].reset_index(drop=True), 2, time_col)
@@ -248,7 +253,8 @@ def _read_wide(source, path, frame, time_col, target, columns, freq, known, past
     return UserTable(index, values, [str(t) for t in targets], covs[0], covs[1], [])
 
 
-def _read_long(source, path, frame, time_col, target, id_col, freq, known, past, static, chunk_rows) -> UserTable:
+def _read_long(source, path, frame, time_col, target, id_col, freq, known, past, static, chunk_rows,
+               encoding) -> UserTable:
     usecols = [id_col, time_col, target, *known, *past, *static]
     numeric = [target, *known, *past]
     if frame is not None:
@@ -256,8 +262,8 @@ def _read_long(source, path, frame, time_col, target, id_col, freq, known, past,
     else:
         # Numbers are read as float32 straight away; a chunk that fails is re-read as
         # text only to find the offending row.
-        chunks = pd.read_csv(
-            path, usecols=usecols, chunksize=chunk_rows,
+        chunks = iter_frames(
+            path, chunk_rows, encoding, usecols=usecols,
             dtype={id_col: "category", time_col: str, **{c: "str" for c in static}},
             converters=None, low_memory=True, engine="c",
         )
