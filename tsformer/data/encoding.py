@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import gzip
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def undecodable(path: str | Path, encoding: str | None, found: tuple[int, bytes]
     if found is None:
         try:
             found = first_undecodable(path, encoding)
-        except (OSError, EOFError, gzip.BadGzipFile):
+        except (OSError, EOFError, zlib.error):
             pass
     if found is None:
         where = ""
@@ -96,8 +97,11 @@ def read_text(path: str | Path, encoding: str | None = DEFAULT) -> str:
     """The whole text of ``path`` (``.gz`` accepted) decoded with ``encoding``."""
     path = Path(path)
     enc = codec(encoding)
-    with _raw(path) as f:
-        data = f.read()
+    try:
+        with _raw(path) as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read the compressed file ({e})") from None
     try:
         return data.decode(enc)
     except UnicodeDecodeError as e:

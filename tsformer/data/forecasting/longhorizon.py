@@ -15,6 +15,7 @@ averaged over every window, horizon step and channel.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def read_matrix(path: str | Path, encoding: str = "utf-8") -> tuple[np.ndarray, 
     try:
         with open_text(path, encoding) as f, decoding(path, encoding):
             first = f.readline()
-    except (EOFError, OSError) as e:
+    except (EOFError, OSError, zlib.error) as e:
         raise DataError(f"{path}: cannot read the file ({e})") from None
     if not first.strip():
         raise DataError(f"{path}: the file is empty")

@@ -18,6 +18,7 @@ the file and, where known, the row and column.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def _csv_errors(path: str | Path, encoding: str) -> Iterator[None]:
         raise DataError(f"{path}: the file is empty (no header row)") from None
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: malformed CSV: {str(e).strip().removeprefix('Error tokenizing data. ')}") from None
-    except (EOFError, OSError) as e:  # truncated or corrupt .gz
+    except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt .gz
         if isinstance(e, FileNotFoundError):
             raise
         raise DataError(f"{path}: cannot read the file ({e})") from None
@@ -97,7 +98,7 @@ def detect_format(path: str | Path, encoding: str = "utf-8") -> str:
     try:
         with open_text(path, encoding) as f, decoding(path, encoding):
             first = f.readline()
-    except (EOFError, OSError) as e:
+    except (EOFError, OSError, zlib.error) as e:
         raise DataError(f"{path}: cannot read the file ({e})") from None
     if not first.strip():
         raise DataError(f"{path}: the file is empty")
@@ -188,6 +189,9 @@ def read_long_csv(
     except (ValueError, TypeError) as e:
         bad = _first_bad(df[time_col], lambda s: pd.to_datetime(s))
         raise DataError(f"{path}: row {bad}: cannot parse time {df[time_col].iloc[bad - 2]!r} ({e})") from None
+    if times.isna().any():
+        row = int(np.argmax(times.isna().to_numpy())) + 2
+        raise DataError(f"{path}: row {row}: empty time in column {time_col!r}")
     values = pd.to_numeric(df[value_col], errors="coerce")
     bad = values.isna() & df[value_col].notna()
     if bad.any():
@@ -253,6 +257,8 @@ def read_lstnet(path: Path, *, start: str, freq: str, encoding: str = "utf-8") -
     """LSTNet matrix: comma separated numbers, no header, rows are time steps."""
     try:
         values = read_frame(path, encoding, header=None, dtype=np.float32).to_numpy()
+    except DataError:
+        raise
     except ValueError as e:
         raise DataError(f"{path}: not a numeric LSTNet matrix ({e})") from None
     if values.size == 0:

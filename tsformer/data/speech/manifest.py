@@ -96,7 +96,11 @@ class _Reader:
         self.has_split = False
 
     def audio_path(self, value: str) -> str:
-        p = Path(value.strip()).expanduser()
+        p = Path(value.strip())
+        try:
+            p = p.expanduser()
+        except RuntimeError:  # ~user of an unknown user: left as written, reported missing later
+            pass
         return str(p if p.is_absolute() else (self.path if self.path.is_dir() else self.path.parent) / p)
 
     def utterance(self, uid: str, where: str, audio: str, text, offset=None, duration=None) -> Utterance | None:
