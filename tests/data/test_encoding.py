@@ -143,7 +143,7 @@ def test_textcls_latin1_folders_through_train(tmp_path):
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     assert dm.classes == ["rec.autos", "sci.space"]
-    assert len(dm.split_idx["test"]) == 8 and all(i.startswith("test:") for i in np.asarray(dm.table.ids)[
+    assert len(dm.split_idx["test"]) == 14 and all(i.startswith("test:") for i in np.asarray(dm.table.ids)[
         dm.split_idx["test"]])
     assert any(POUND in t for t in dm.split_texts("train"))
 
