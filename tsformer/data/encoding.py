@@ -60,6 +60,8 @@ def first_undecodable(path: str | Path, encoding: str | None) -> tuple[int, byte
                 # e.start counts from the bytes the decoder still held back plus this chunk
                 held = len(e.object) - len(chunk)
                 return pos - held + e.start, bytes(e.object[e.start : e.end])
+            except UnicodeError:  # e.g. "UTF-16 stream does not start with BOM": no position given
+                return pos, chunk[:2]
             if not chunk:
                 return None
             pos += len(chunk)
@@ -86,10 +88,10 @@ def undecodable(path: str | Path, encoding: str | None, found: tuple[int, bytes]
 
 @contextlib.contextmanager
 def decoding(path: str | Path, encoding: str | None) -> Iterator[None]:
-    """Turn a :class:`UnicodeDecodeError` raised while reading ``path`` into :func:`undecodable`."""
+    """Turn a :class:`UnicodeError` raised while reading ``path`` into :func:`undecodable`."""
     try:
         yield
-    except UnicodeDecodeError:
+    except UnicodeError:
         raise undecodable(path, encoding) from None
 
 
@@ -106,6 +108,8 @@ def read_text(path: str | Path, encoding: str | None = DEFAULT) -> str:
         return data.decode(enc)
     except UnicodeDecodeError as e:
         raise undecodable(path, encoding, (e.start, data[e.start : e.end])) from None
+    except UnicodeError:
+        raise undecodable(path, encoding, (0, data[:2])) from None
 
 
 def open_text(path: str | Path, encoding: str | None = DEFAULT, newline: str | None = None):
