@@ -26,6 +26,8 @@ def read_an4_split(root: str | Path, split: str) -> list[Utterance]:
         if not p.is_file():
             raise DataError(f"{p}: AN4 list not found")
     fileids = [line.strip() for line in read_text(ids_path).splitlines() if line.strip()]
+    if not fileids:
+        raise DataError(f"{ids_path}: no file ids")
     texts = {}
     for n, line in enumerate(read_text(tr_path).splitlines(), 1):
         if not line.strip():

@@ -53,6 +53,8 @@ def read_transcripts(path: Path, encoding: str = "utf-8") -> dict[str, str]:
             if uid in out:
                 raise DataError(f"{path}, line {n}: utterance {uid!r} listed twice")
             out[uid] = text.strip()
+    if not out:
+        raise DataError(f"{path}: no transcripts")
     return out
 
 

@@ -305,7 +305,14 @@ def read_manifest(path: str | Path, fmt: str = "auto", path_column: str | None =
     def fail(msg: str) -> None:
         raise DataError(msg)
 
-    reader = _Reader(path, bad or fail, path_column, text_column, split_column, punctuation, encoding)
+    n_bad = 0
+
+    def counted(msg: str) -> None:
+        nonlocal n_bad
+        n_bad += 1
+        (bad or fail)(msg)
+
+    reader = _Reader(path, counted, path_column, text_column, split_column, punctuation, encoding)
     if kind == "kaldi":
         if not path.is_dir():
             raise DataError(f"{path}: a Kaldi data directory must be a folder (with wav.scp and text)")
@@ -314,6 +321,8 @@ def read_manifest(path: str | Path, fmt: str = "auto", path_column: str | None =
         rows = reader.jsonl()
     else:
         rows = reader.table("," if kind == "csv" else "\t")
+    if not rows and not n_bad:
+        raise DataError(f"{path}: no utterances in the manifest")
     return rows, reader.has_split
 
 
