@@ -102,7 +102,10 @@ def read_matrix(path: str | Path, encoding: str = "utf-8") -> tuple[np.ndarray, 
         if df.shape[1] < 2 or df.empty:
             raise DataError(f"{path}: expected a date column, channel columns and rows; found {list(df.columns)}, "
                             f"{len(df)} row(s)")
-        stamps = pd.to_datetime(df.iloc[:, 0], errors="coerce")
+        try:
+            stamps = pd.to_datetime(df.iloc[:, 0], errors="coerce")
+        except (ValueError, TypeError) as e:  # e.g. "Mixed timezones detected"
+            raise DataError(f"{path}: column {df.columns[0]!r}: cannot parse the timestamps ({e})") from None
         if stamps.isna().any():
             r = int(np.argmax(stamps.isna().to_numpy()))
             raise DataError(f"{path}: row {r + 2}, column {df.columns[0]!r}: cannot parse the timestamp "

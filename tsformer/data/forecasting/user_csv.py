@@ -90,7 +90,15 @@ def _parse_times(source: str, raw: pd.Series, row0: int, time_col: str) -> np.nd
     try:
         t = pd.to_datetime(raw, errors="coerce")
     except (ValueError, TypeError):
-        t = pd.to_datetime(raw, errors="coerce", format="mixed")
+        try:
+            t = pd.to_datetime(raw, errors="coerce", format="mixed")
+        except (ValueError, TypeError) as e:  # e.g. "Mixed timezones detected"
+            i = _first_other_zone(raw)
+            raise DataError(f"{source}: row {row0 + i}: timestamp {raw.iloc[i]!r} in column {time_col!r} does not "
+                            f"match the time zone of the rows before it ({e}); give every timestamp the same "
+                            "UTC offset") from None
+    if not pd.api.types.is_datetime64_any_dtype(t):
+        raise DataError(f"{source}: column {time_col!r}: timestamps of mixed kinds (time zones or formats)")
     if getattr(t.dt, "tz", None) is not None:
         t = t.dt.tz_convert(None)
     bad = t.isna().to_numpy()
@@ -98,6 +106,22 @@ def _parse_times(source: str, raw: pd.Series, row0: int, time_col: str) -> np.nd
         i = int(np.argmax(bad))
         raise DataError(f"{source}: row {row0 + i}: cannot parse timestamp {raw.iloc[i]!r} in column {time_col!r}")
     return t.to_numpy("datetime64[ns]")
+
+
+def _first_other_zone(raw: pd.Series) -> int:
+    """Index of the first timestamp whose UTC offset differs from the first parsable one's."""
+    first = None
+    for i, v in enumerate(raw):
+        try:
+            ts = pd.Timestamp(v)
+        except (ValueError, TypeError):
+            continue
+        off = ts.utcoffset() if ts is not pd.NaT else None
+        if first is None:
+            first = (off,)
+        elif off != first[0]:
+            return i
+    return 0
 
 
 def _parse_numeric(source: str, raw: pd.Series, row0: int, col: str, what: str) -> np.ndarray:
