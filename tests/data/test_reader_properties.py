@@ -374,3 +374,16 @@ def test_the_harness_reaches_the_errors(name):
             (root / rel).write_bytes(b"" if rel.startswith(case.target) or rel.endswith("fileids") else data)
         with pytest.raises(DataError, match=re.escape(str(root / case.target))):
             case.read(root / case.target, "utf-8", True)
+
+
+def test_inputs_the_property_test_found():
+    """Inputs that once escaped as library exceptions (kept as fixed regressions)."""
+    # a UTF-16 file without BOM read as UTF-16: codecs' UnicodeError, not UnicodeDecodeError
+    check(CASES["kaldi_dir"], [(0, ("empty",))], "utf-16", False)
+    # timestamps with different UTC offsets: pandas' "Mixed timezones detected"
+    check(CASES["user_csv_wide"], [(0, ("delete", 0.25, 10)), (0, ("dup_line", 0))], "utf-8", False)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "tz.csv"
+        p.write_text("date,x\n2024-01-01 00:00+01:00,1\n2024-01-01 01:00+02:00,2\n2024-01-01 02:00+01:00,3\n")
+        with pytest.raises(DataError, match=r"tz.csv: row 3: .* does not match the time zone"):
+            read_user_csv(p, time_col="date")
