@@ -39,7 +39,7 @@ from tsformer.data.speech.manifest import read_manifest
 from tsformer.data.text.documents import read_csv_docs, read_folder_docs, read_jsonl_docs
 from tsformer.data.text.readers import read_documents
 
-FAST_EXAMPLES = 40
+FAST_EXAMPLES = 25
 SLOW_EXAMPLES = int(os.environ.get("TSFORMER_PROPERTY_EXAMPLES", 400))
 
 # -- valid starting points ------------------------------------------------------------------
