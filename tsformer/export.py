@@ -22,13 +22,15 @@ from omegaconf import OmegaConf
 
 import tsformer
 from tsformer.cli import command
+from tsformer.data.errors import DataError
 
 FORMAT = "tsformer-forecaster"
 FORMAT_VERSION = 1
 
 
-class ExportError(ValueError):
-    """A run that cannot be exported, or a ``.tsf`` file that cannot be loaded."""
+class ExportError(DataError):
+    """A run that cannot be exported, or a ``.tsf`` file that cannot be loaded (a
+    :class:`DataError`: the message names the file)."""
 
 
 def _find_checkpoint(run: Path) -> tuple[Path, Path]:
@@ -108,6 +110,7 @@ def load_tsf(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, di
     Raises:
         ExportError: not a tsformer export, or one from an incompatible format version.
     """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
@@ -129,11 +132,41 @@ def load_tsf(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, di
             f"this tsformer {tsformer.__version__} reads format version {FORMAT_VERSION}. "
             "Re-export the run with this version, or install the version that wrote it."
         )
-    info = {k: json.loads(meta[k]) for k in ("config", "data_state", "model_kwargs")}
+    info: dict[str, Any] = {}
+    for key, kind in (("config", dict), ("data_state", dict), ("model_kwargs", dict)):
+        try:
+            info[key] = json.loads(meta[key])
+        except KeyError:
+            raise ExportError(f"{path}: header key {key!r} missing; the file is damaged, export the run again") from None
+        except ValueError as e:
+            raise ExportError(f"{path}: header key {key!r} is not valid JSON ({e})") from None
+        if not isinstance(info[key], kind):
+            raise ExportError(f"{path}: header key {key!r} is a {type(info[key]).__name__}, expected an object")
+    model = info["config"].get("model")
+    if not isinstance(model, dict) or not str(model.get("_target_", "")).startswith("tsformer."):
+        raise ExportError(f"{path}: header config.model is not a tsformer network ({str(model)[:80]})")
+    foreign = [t for t in _targets(model) if not str(t).startswith("tsformer.")]
+    if foreign:  # loading builds only tsformer classes, never what a file names elsewhere
+        raise ExportError(f"{path}: header config.model names {foreign[0]!r}, not a tsformer class")
     info["tsformer_version"] = meta.get("tsformer_version")
-    net = instantiate(info["config"]["model"], _convert_="all", **info["model_kwargs"])
-    net.load_state_dict(load_file(str(path), device="cpu"))
+    try:
+        net = instantiate(model, _convert_="all", **info["model_kwargs"])
+        net.load_state_dict(load_file(str(path), device="cpu"))
+    except Exception as e:  # the header's config and the tensors are input: any failure means a damaged file
+        if isinstance(e, InstantiationException) and e.__cause__ is not None:
+            e = e.__cause__
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ExportError(f"{path}: cannot build the network from the file ({type(e).__name__}: {why})") from e
     return net.to(device).eval(), info
+
+
+def _targets(node: Any) -> list[Any]:
+    """Every ``_target_`` in a nested config."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "_target_"] + [t for v in node.values() for t in _targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _targets(v)]
+    return []
 
 
 def decode_conf_dir() -> Path:

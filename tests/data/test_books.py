@@ -87,8 +87,9 @@ def test_read_book_names_the_file_missing_a_marker(tmp_path, start, end, match):
 def test_read_book_errors(tmp_path):
     p = tmp_path / "latin1.txt"
     p.write_bytes("caf\xe9".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1.txt: not UTF-8 text \(byte 3\)"):
+    with pytest.raises(DataError, match=r"latin1.txt: cannot decode at byte 3 \(e9\) as utf-8; set data.encoding="):
         read_book(p, strip=False)
+    assert read_book(p, strip=False, encoding="latin-1") == "caf\xe9"
     p = tmp_path / "empty.txt"
     p.write_bytes(pg_file("empty", "\n  \n"))
     with pytest.raises(DataError, match="empty.txt: no text between the Project Gutenberg markers"):

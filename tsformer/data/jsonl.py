@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tsformer.data.encoding import decoding, open_text
 from tsformer.data.errors import DataError
 
 
@@ -13,13 +14,15 @@ def _raise(msg: str) -> None:
     raise DataError(msg)
 
 
-def json_objects(path: str | Path, bad: Callable[[str], None] = _raise) -> Iterator[tuple[str, int, dict]]:
+def json_objects(path: str | Path, bad: Callable[[str], None] = _raise,
+                 encoding: str = "utf-8") -> Iterator[tuple[str, int, dict]]:
     """``(where, line number, object)`` per non-blank line of a JSON-lines file.
 
     A line that is not valid JSON or not an object goes to ``bad(message)`` (default: raise
-    a :class:`DataError` naming the file and line) and is skipped if ``bad`` returns.
+    a :class:`DataError` naming the file and line) and is skipped if ``bad`` returns. Bytes
+    ``encoding`` cannot decode raise a DataError naming the file and byte offset.
     """
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, encoding) as f, decoding(path, encoding):
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -27,7 +30,10 @@ def json_objects(path: str | Path, bad: Callable[[str], None] = _raise) -> Itera
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                bad(f"{where}: invalid JSON ({e.msg})")
+                bad(f"{where}: invalid JSON ({e.msg}, column {e.colno})")
+                continue
+            except (ValueError, RecursionError) as e:  # e.g. a 5000-digit number, nesting too deep
+                bad(f"{where}: invalid JSON ({type(e).__name__}: {str(e)[:80]})")
                 continue
             if not isinstance(obj, dict):
                 bad(f"{where}: expected a JSON object, got {type(obj).__name__}")

@@ -90,6 +90,7 @@ class CSVForecastingDataModule(ForecastingDataModule):
         on_short: at forecast time, a series with less than ``context_length`` steps of
             history: ``error`` or ``skip`` (reported in :attr:`skipped`).
         frame: an in-memory DataFrame read instead of ``path``.
+        encoding: the CSV's text encoding (any Python codec).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class CSVForecastingDataModule(ForecastingDataModule):
         unknown_series: str = "mean",
         on_short: str = "error",
         frame: pd.DataFrame | None = None,
+        encoding: str = "utf-8",
     ):
         super().__init__(
             path, context_length=context_length, horizon=horizon, test_start="", test_windows=test_windows,
@@ -132,7 +134,7 @@ class CSVForecastingDataModule(ForecastingDataModule):
         self.past_covariates = list(past_covariates or [])
         self.static_categoricals = list(static_categoricals or [])
         self.missing, self.unknown_series, self.on_short = missing, unknown_series, on_short
-        self.frame = frame
+        self.frame, self.encoding = frame, encoding
         self.vocab: dict | None = None  # set by fit-time setup or load_state_dict
         self.skipped: list[tuple[str, int]] = []
         self.stage: str | None = None
@@ -178,7 +180,7 @@ class CSVForecastingDataModule(ForecastingDataModule):
             None if self.frame is not None else self.path, time_col=self.time_col, target=self.target,
             id_col=self.id_col, freq=self.freq or (self.vocab or {}).get("freq"),
             known_covariates=self.known_covariates, past_covariates=self.past_covariates,
-            static_categoricals=self.static_categoricals, frame=self.frame,
+            static_categoricals=self.static_categoricals, frame=self.frame, encoding=self.encoding,
         )
         if self.vocab is not None and self.vocab.get("freq") and table.freq != self.vocab["freq"]:
             raise DataError(f"{self.source}: frequency {table.freq} differs from the trained {self.vocab['freq']}")

@@ -178,6 +178,7 @@ class ForecastingDataModule(pl.LightningDataModule):
         train_stride: spacing of training window starts.
         batch_size, num_workers: loader settings.
         reader: extra keyword arguments for ``read_series``.
+        encoding: the file's text encoding (any Python codec).
     """
 
     def __init__(
@@ -195,6 +196,7 @@ class ForecastingDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         reader: dict | None = None,
         seed: int = 0,
+        encoding: str = "utf-8",
     ):
         super().__init__()
         self.path = path
@@ -208,7 +210,7 @@ class ForecastingDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        self.reader = dict(reader or {})
+        self.reader = {"encoding": encoding, **dict(reader or {})}
         self.seed = seed
         self.table: SeriesTable | None = None
         self.resume_batches = 0  # batches of the current epoch already trained (set on resume)

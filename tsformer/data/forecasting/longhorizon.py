@@ -15,14 +15,16 @@ averaged over every window, horizon step and channel.
 
 from __future__ import annotations
 
-import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tsformer.data.encoding import decoding, open_text
 from tsformer.data.errors import DataError
+from tsformer.data.forecasting.readers import read_frame
 
 
 @dataclass
@@ -76,8 +78,11 @@ def _ratio_borders(T: int, train: float = 0.7, test: float = 0.2) -> dict[str, t
     return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (T - n_test, T)}
 
 
-def read_matrix(path: str | Path) -> tuple[np.ndarray, list[str], pd.DatetimeIndex | None]:
+def read_matrix(path: str | Path, encoding: str = "utf-8") -> tuple[np.ndarray, list[str], pd.DatetimeIndex | None]:
     """Read an ETT-style CSV (``date`` column then channels) or an LSTNet headerless matrix.
+
+    Raises:
+        DataError: naming the file and, where it applies, the row and column.
 
     Returns:
         ``(T, N)`` float64 values, channel names, and the timestamps (None for LSTNet).
@@ -85,18 +90,34 @@ def read_matrix(path: str | Path) -> tuple[np.ndarray, list[str], pd.DatetimeInd
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        first = f.readline()
+    try:
+        with open_text(path, encoding) as f, decoding(path, encoding):
+            first = f.readline()
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read the file ({e})") from None
+    if not first.strip():
+        raise DataError(f"{path}: the file is empty")
     if first.lower().startswith("date"):
-        df = pd.read_csv(path)
-        index = pd.DatetimeIndex(pd.to_datetime(df.iloc[:, 0]))
+        df = read_frame(path, encoding)
+        if df.shape[1] < 2 or df.empty:
+            raise DataError(f"{path}: expected a date column, channel columns and rows; found {list(df.columns)}, "
+                            f"{len(df)} row(s)")
+        try:
+            stamps = pd.to_datetime(df.iloc[:, 0], errors="coerce")
+        except (ValueError, TypeError) as e:  # e.g. "Mixed timezones detected"
+            raise DataError(f"{path}: column {df.columns[0]!r}: cannot parse the timestamps ({e})") from None
+        if stamps.isna().any():
+            r = int(np.argmax(stamps.isna().to_numpy()))
+            raise DataError(f"{path}: row {r + 2}, column {df.columns[0]!r}: cannot parse the timestamp "
+                            f"{df.iloc[r, 0]!r}")
+        index = pd.DatetimeIndex(stamps)
         data = df.iloc[:, 1:]
         names = [str(c) for c in data.columns]
     else:
-        data = pd.read_csv(path, header=None)
+        data = read_frame(path, encoding, header=None)
         index = None
         names = [f"c{i}" for i in range(data.shape[1])]
+    data = data.apply(pd.to_numeric, errors="coerce")  # text cells become NaN, reported below
     values = data.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = np.argwhere(~np.isfinite(values))
     if len(bad):
@@ -105,7 +126,8 @@ def read_matrix(path: str | Path) -> tuple[np.ndarray, list[str], pd.DatetimeInd
     return values, names, index
 
 
-def load_long_horizon(path: str | Path, split: str = "ratio", steps_per_day: int | None = None) -> LongHorizonData:
+def load_long_horizon(path: str | Path, split: str = "ratio", steps_per_day: int | None = None,
+                      encoding: str = "utf-8") -> LongHorizonData:
     """Read, split and standardise a long-horizon benchmark file.
 
     Args:
@@ -113,8 +135,9 @@ def load_long_horizon(path: str | Path, split: str = "ratio", steps_per_day: int
         split: ``ett_hour`` (12/4/4 months of hours), ``ett_minute`` (the same in
             15-minute rows) or ``ratio`` (70/10/20 %).
         steps_per_day: rows per day; inferred from the timestamps (1 without them).
+        encoding: the file's text encoding (any Python codec).
     """
-    values, names, index = read_matrix(path)
+    values, names, index = read_matrix(path, encoding)
     T = len(values)
     if split == "ett_hour":
         borders = _ett_borders(T, 1)

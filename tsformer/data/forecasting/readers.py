@@ -9,17 +9,24 @@ with NaN where a value is missing. Supported:
   comma, 15-minute kW per client, aggregated to hourly;
 - LSTNet matrices (``electricity.txt``, ``traffic.txt``, ``solar_AL.txt``, optionally
   gzipped): comma separated, no header, one column per series, a known start and step.
+
+Files are decoded with ``encoding`` (any Python codec, ``data.encoding``); bytes it cannot
+decode, and every other problem, raise a :class:`~tsformer.data.errors.DataError` naming
+the file and, where known, the row and column.
 """
 
 from __future__ import annotations
 
-import gzip
+import contextlib
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tsformer.data.encoding import codec, decoding, open_text
 from tsformer.data.errors import DataError
 
 # Start and step of the LSTNet matrices (Lai et al. 2018), as used by GluonTS.
@@ -54,15 +61,45 @@ class SeriesTable:
             raise ValueError(f"values shape {self.values.shape} != ({len(self.index)}, {len(self.names)})")
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+@contextlib.contextmanager
+def _csv_errors(path: str | Path, encoding: str) -> Iterator[None]:
+    """pandas' reading errors (undecodable bytes, a row with too many fields, a truncated
+    gzip stream, an empty file) as :class:`DataError` naming the file and the line."""
+    try:
+        with decoding(path, encoding):
+            yield
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty (no header row)") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: malformed CSV: {str(e).strip().removeprefix('Error tokenizing data. ')}") from None
+    except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt .gz
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DataError(f"{path}: cannot read the file ({e})") from None
 
 
-def detect_format(path: str | Path) -> str:
+def read_frame(path: str | Path, encoding: str = "utf-8", **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv(path, **kwargs)`` decoded with ``encoding``; its errors raised as
+    :class:`DataError` naming the file and, where pandas gives one, the line."""
+    with _csv_errors(path, encoding):
+        return pd.read_csv(path, encoding=codec(encoding), **kwargs)
+
+
+def iter_frames(path: str | Path, chunksize: int, encoding: str = "utf-8", **kwargs) -> Iterator[pd.DataFrame]:
+    """:func:`read_frame` in chunks of ``chunksize`` rows."""
+    with _csv_errors(path, encoding), pd.read_csv(path, encoding=codec(encoding), chunksize=chunksize,
+                                                  **kwargs) as chunks:
+        yield from chunks
+
+
+def detect_format(path: str | Path, encoding: str = "utf-8") -> str:
     """Guess ``long``, ``uci`` or ``lstnet`` from the file's first line."""
     path = Path(path)
-    with _open_text(path) as f:
-        first = f.readline()
+    try:
+        with open_text(path, encoding) as f, decoding(path, encoding):
+            first = f.readline()
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read the file ({e})") from None
     if not first.strip():
         raise DataError(f"{path}: the file is empty")
     if first.startswith('"";') or (";" in first and "MT_" in first):
@@ -86,6 +123,7 @@ def read_series(
     value_col: str | None = None,
     aggregate: str = "mean",
     dataset: str | None = None,
+    encoding: str = "utf-8",
 ) -> SeriesTable:
     """Read a series file in any supported format.
 
@@ -97,6 +135,7 @@ def read_series(
         id_col, time_col, value_col: long-format column names (default: the first three).
         aggregate: how UCI 15-minute values become hourly (``mean`` keeps kW, ``sum``).
         dataset: LSTNet dataset name, for its default start and step.
+        encoding: the file's text encoding (any Python codec).
     """
     path = Path(path)
     if not path.exists():
@@ -104,11 +143,14 @@ def read_series(
         if dataset:
             hint = f" Put the {dataset} file there or point data.path at it."
         raise DataError(f"{path}: file not found.{hint}")
-    fmt = detect_format(path) if format == "auto" else format
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a series file")
+    fmt = detect_format(path, encoding) if format == "auto" else format
     if fmt == "long":
-        return read_long_csv(path, id_col=id_col, time_col=time_col, value_col=value_col, freq=freq)
+        return read_long_csv(path, id_col=id_col, time_col=time_col, value_col=value_col, freq=freq,
+                             encoding=encoding)
     if fmt == "uci":
-        return read_uci_electricity(path, freq=freq or "1h", aggregate=aggregate)
+        return read_uci_electricity(path, freq=freq or "1h", aggregate=aggregate, encoding=encoding)
     if fmt == "lstnet":
         if start is None or freq is None:
             key = dataset or next((k for k in LSTNET_STARTS if k in path.name), None)
@@ -116,7 +158,7 @@ def read_series(
                 raise DataError(f"{path}: LSTNet matrix without a known start; set data.start and data.freq")
             start = start or LSTNET_STARTS[key][0]
             freq = freq or LSTNET_STARTS[key][1]
-        return read_lstnet(path, start=start, freq=freq)
+        return read_lstnet(path, start=start, freq=freq, encoding=encoding)
     raise DataError(f"{path}: unknown format {format!r}; choose auto, long, uci or lstnet")
 
 
@@ -127,9 +169,10 @@ def read_long_csv(
     time_col: str | None = None,
     value_col: str | None = None,
     freq: str | None = None,
+    encoding: str = "utf-8",
 ) -> SeriesTable:
     """Long CSV, one row per (series, time, value). Empty cells are missing values."""
-    df = pd.read_csv(path)
+    df = read_frame(path, encoding)
     if df.empty:
         raise DataError(f"{path}: the file has a header but no rows")
     cols = list(df.columns)
@@ -146,6 +189,9 @@ def read_long_csv(
     except (ValueError, TypeError) as e:
         bad = _first_bad(df[time_col], lambda s: pd.to_datetime(s))
         raise DataError(f"{path}: row {bad}: cannot parse time {df[time_col].iloc[bad - 2]!r} ({e})") from None
+    if times.isna().any():
+        row = int(np.argmax(times.isna().to_numpy())) + 2
+        raise DataError(f"{path}: row {row}: empty time in column {time_col!r}")
     values = pd.to_numeric(df[value_col], errors="coerce")
     bad = values.isna() & df[value_col].notna()
     if bad.any():
@@ -177,13 +223,14 @@ def _first_bad(col: pd.Series, parse) -> int:
     return 2
 
 
-def read_uci_electricity(path: Path, *, freq: str = "1h", aggregate: str = "mean") -> SeriesTable:
+def read_uci_electricity(path: Path, *, freq: str = "1h", aggregate: str = "mean",
+                         encoding: str = "utf-8") -> SeriesTable:
     """UCI ``LD2011_2014.txt``: ``"";"MT_001";...`` header, rows ``"2011-01-01 00:15:00";0;...``.
 
     Timestamps mark the end of each 15-minute interval, so 00:15..01:00 form hour 00:00.
     UCI stores zeros at the daylight-saving hour; they are kept as zeros.
     """
-    df = pd.read_csv(path, sep=";", decimal=",", index_col=0, low_memory=False)
+    df = read_frame(path, encoding, sep=";", decimal=",", index_col=0, low_memory=False)
     if df.empty:
         raise DataError(f"{path}: the file has a header but no rows")
     try:
@@ -206,10 +253,12 @@ def read_uci_electricity(path: Path, *, freq: str = "1h", aggregate: str = "mean
     return SeriesTable(pd.DatetimeIndex(hourly.index, freq=freq), hourly.to_numpy(np.float32), [str(c) for c in hourly.columns])
 
 
-def read_lstnet(path: Path, *, start: str, freq: str) -> SeriesTable:
+def read_lstnet(path: Path, *, start: str, freq: str, encoding: str = "utf-8") -> SeriesTable:
     """LSTNet matrix: comma separated numbers, no header, rows are time steps."""
     try:
-        values = pd.read_csv(path, header=None, dtype=np.float32).to_numpy()
+        values = read_frame(path, encoding, header=None, dtype=np.float32).to_numpy()
+    except DataError:
+        raise
     except ValueError as e:
         raise DataError(f"{path}: not a numeric LSTNet matrix ({e})") from None
     if values.size == 0:

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tsformer.data.encoding import codec
 from tsformer.data.errors import DataError
+from tsformer.data.forecasting.readers import iter_frames, read_frame
 
 CHUNK_ROWS = 1_000_000
 
@@ -88,7 +90,15 @@ def _parse_times(source: str, raw: pd.Series, row0: int, time_col: str) -> np.nd
     try:
         t = pd.to_datetime(raw, errors="coerce")
     except (ValueError, TypeError):
-        t = pd.to_datetime(raw, errors="coerce", format="mixed")
+        try:
+            t = pd.to_datetime(raw, errors="coerce", format="mixed")
+        except (ValueError, TypeError) as e:  # e.g. "Mixed timezones detected"
+            i = _first_other_zone(raw)
+            raise DataError(f"{source}: row {row0 + i}: timestamp {raw.iloc[i]!r} in column {time_col!r} does not "
+                            f"match the time zone of the rows before it ({e}); give every timestamp the same "
+                            "UTC offset") from None
+    if not pd.api.types.is_datetime64_any_dtype(t):
+        raise DataError(f"{source}: column {time_col!r}: timestamps of mixed kinds (time zones or formats)")
     if getattr(t.dt, "tz", None) is not None:
         t = t.dt.tz_convert(None)
     bad = t.isna().to_numpy()
@@ -96,6 +106,22 @@ def _parse_times(source: str, raw: pd.Series, row0: int, time_col: str) -> np.nd
         i = int(np.argmax(bad))
         raise DataError(f"{source}: row {row0 + i}: cannot parse timestamp {raw.iloc[i]!r} in column {time_col!r}")
     return t.to_numpy("datetime64[ns]")
+
+
+def _first_other_zone(raw: pd.Series) -> int:
+    """Index of the first timestamp whose UTC offset differs from the first parsable one's."""
+    first = None
+    for i, v in enumerate(raw):
+        try:
+            ts = pd.Timestamp(v)
+        except (ValueError, TypeError):
+            continue
+        off = ts.utcoffset() if ts is not pd.NaT else None
+        if first is None:
+            first = (off,)
+        elif off != first[0]:
+            return i
+    return 0
 
 
 def _parse_numeric(source: str, raw: pd.Series, row0: int, col: str, what: str) -> np.ndarray:
@@ -162,6 +188,7 @@ def read_user_csv(
     static_categoricals: list[str] | None = None,
     frame: pd.DataFrame | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    encoding: str = "utf-8",
 ) -> UserTable:
     """Read and validate a user CSV (or an in-memory ``frame`` with the same columns).
 
@@ -177,6 +204,8 @@ def read_user_csv(
         static_categoricals: columns constant within a series (long format only).
         frame: read this DataFrame instead of ``path``.
         chunk_rows: rows per chunk when reading long files.
+        encoding: the file's text encoding (any Python codec); undecodable bytes raise a
+            DataError naming the byte offset.
     Returns:
         The :class:`UserTable`.
     """
@@ -195,10 +224,8 @@ def read_user_csv(
             raise DataError(f"{source}: is a directory, not a CSV file")
         if os.path.getsize(p) == 0:
             raise DataError(f"{source}: the file is empty")
-        try:
-            columns = [str(c) for c in pd.read_csv(p, nrows=0).columns]
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{source}: the file is empty") from None
+        codec(encoding)  # an unknown codec is a config error before anything is read
+        columns = [str(c) for c in read_frame(p, encoding, nrows=0).columns]
     if id_col is None and static:
         raise DataError(f"{source}: data.static_categoricals need long format (set data.id_col)")
     wanted = {"time_col": [time_col]}
@@ -212,18 +239,20 @@ def read_user_csv(
     if overlap:
         raise DataError(f"{source}: column(s) {sorted(overlap)} declared twice (target / known / past covariates)")
     if id_col is None:
-        return _read_wide(source, path, frame, time_col, target, columns, freq, known, past)
-    return _read_long(source, path, frame, time_col, target, id_col, freq, known, past, static, chunk_rows)
+        return _read_wide(source, path, frame, time_col, target, columns, freq, known, past, encoding)
+    return _read_long(source, path, frame, time_col, target, id_col, freq, known, past, static, chunk_rows,
+                      encoding)
 
 
-def _read_wide(source, path, frame, time_col, target, columns, freq, known, past) -> UserTable:
+def _read_wide(source, path, frame, time_col, target, columns, freq, known, past, encoding) -> UserTable:
     if target is None:
         targets = [c for c in columns if c not in {time_col, *known, *past}]
     else:
         targets = _as_list(target)
     if not targets:
         raise DataError(f"{source}: no series column left besides {time_col!r} and the covariates")
-    df = frame if frame is not None else pd.read_csv(path, usecols=[time_col, *targets, *known, *past], dtype=str)
+    df = frame if frame is not None else read_frame(path, encoding, usecols=[time_col, *targets, *known, *past],
+                                                    dtype=str)
     if len(df) == 0:
         raise DataError(f"{source}: the file has a header but no rows")
     times = _parse_times(source, df[time_col].reset_index(drop=True), 2, time_col)
@@ -248,7 +277,8 @@ def _read_wide(source, path, frame, time_col, target, columns, freq, known, past
     return UserTable(index, values, [str(t) for t in targets], covs[0], covs[1], [])
 
 
-def _read_long(source, path, frame, time_col, target, id_col, freq, known, past, static, chunk_rows) -> UserTable:
+def _read_long(source, path, frame, time_col, target, id_col, freq, known, past, static, chunk_rows,
+               encoding) -> UserTable:
     usecols = [id_col, time_col, target, *known, *past, *static]
     numeric = [target, *known, *past]
     if frame is not None:
@@ -256,8 +286,8 @@ def _read_long(source, path, frame, time_col, target, id_col, freq, known, past,
     else:
         # Numbers are read as float32 straight away; a chunk that fails is re-read as
         # text only to find the offending row.
-        chunks = pd.read_csv(
-            path, usecols=usecols, chunksize=chunk_rows,
+        chunks = iter_frames(
+            path, chunk_rows, encoding, usecols=usecols,
             dtype={id_col: "category", time_col: str, **{c: "str" for c in static}},
             converters=None, low_memory=True, engine="c",
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tsformer.data.encoding import read_text
 from tsformer.data.errors import DataError
 from tsformer.data.speech.datamodule import SpeechDataModule, Utterance
 
@@ -24,9 +25,11 @@ def read_an4_split(root: str | Path, split: str) -> list[Utterance]:
     for p in (ids_path, tr_path):
         if not p.is_file():
             raise DataError(f"{p}: AN4 list not found")
-    fileids = [line.strip() for line in ids_path.read_text().splitlines() if line.strip()]
+    fileids = [line.strip() for line in read_text(ids_path).splitlines() if line.strip()]
+    if not fileids:
+        raise DataError(f"{ids_path}: no file ids")
     texts = {}
-    for n, line in enumerate(tr_path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(tr_path).splitlines(), 1):
         if not line.strip():
             continue
         m = _TRANS.match(line.strip())

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from tsformer.data.encoding import decoding, open_text
 from tsformer.data.errors import DataError
 from tsformer.data.speech.audio import audio_info
 from tsformer.data.speech.datamodule import SpeechDataModule, Utterance
@@ -38,10 +39,10 @@ def _manifest_path(root: Path, split: str, cache_dir: str | None) -> Path:
     return base / f"{key}-{split}.tsv"
 
 
-def read_transcripts(path: Path) -> dict[str, str]:
+def read_transcripts(path: Path, encoding: str = "utf-8") -> dict[str, str]:
     """``{utterance id: text}`` of a ``<speaker>-<chapter>.trans.txt`` file."""
-    out = {}
-    with open(path, encoding="utf-8") as f:
+    out: dict[str, str] = {}
+    with open_text(path, encoding) as f, decoding(path, encoding):
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -49,7 +50,11 @@ def read_transcripts(path: Path) -> dict[str, str]:
             uid, _, text = line.partition(" ")
             if not text.strip():
                 raise DataError(f"{path}, line {n}: utterance {uid!r} has no text")
+            if uid in out:
+                raise DataError(f"{path}, line {n}: utterance {uid!r} listed twice")
             out[uid] = text.strip()
+    if not out:
+        raise DataError(f"{path}: no transcripts")
     return out
 
 

@@ -17,17 +17,21 @@ manifest or split column gives are carved from the training rows with a seeded d
 (:class:`ManifestDataModule`). Bad rows (a missing or unreadable file, an empty transcript,
 too few fields, an offset past the end) raise a :class:`~tsformer.data.errors.DataError`
 naming the manifest, the line and the file, or with ``skip_bad`` are logged and counted.
+Manifests are decoded with ``encoding`` (any Python codec); undecodable bytes are an error
+naming the manifest and the byte offset.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import random
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
+from tsformer.data.encoding import decoding, open_text
 from tsformer.data.errors import DataError
 from tsformer.data.jsonl import json_objects
 from tsformer.data.speech.audio import audio_info
@@ -85,14 +89,18 @@ class _Reader:
     """Rows of one manifest as ``(utterance, split or None)``; bad rows go to ``bad(msg)``."""
 
     def __init__(self, path: Path, bad: Callable[[str], None], path_column: str | None, text_column: str | None,
-                 split_column: str | None, punctuation: str):
-        self.path, self.bad = path, bad
+                 split_column: str | None, punctuation: str, encoding: str = "utf-8"):
+        self.path, self.bad, self.encoding = path, bad, encoding
         self.path_column, self.text_column, self.split_column = path_column, text_column, split_column
         self.punctuation = punctuation
         self.has_split = False
 
     def audio_path(self, value: str) -> str:
-        p = Path(value.strip()).expanduser()
+        p = Path(value.strip())
+        try:
+            p = p.expanduser()
+        except RuntimeError:  # ~user of an unknown user: left as written, reported missing later
+            pass
         return str(p if p.is_absolute() else (self.path if self.path.is_dir() else self.path.parent) / p)
 
     def utterance(self, uid: str, where: str, audio: str, text, offset=None, duration=None) -> Utterance | None:
@@ -102,7 +110,9 @@ class _Reader:
         try:
             off = float(offset) if offset not in (None, "") else 0.0
             dur = float(duration) if duration not in (None, "") else None
-        except (TypeError, ValueError):
+            if not math.isfinite(off) or not math.isfinite(dur if dur is not None else 0.0):
+                raise ValueError("not finite")
+        except (TypeError, ValueError, OverflowError):
             self.bad(f"{where}: offset/duration must be numbers of seconds, got {offset!r}/{duration!r}")
             return None
         if off < 0 or (dur is not None and dur <= 0):
@@ -132,7 +142,7 @@ class _Reader:
     def jsonl(self) -> list[tuple[Utterance, str | None]]:
         rows = []
         pkey, tkey = self.path_column or "audio_filepath", self.text_column or "text"
-        for where, n, obj in json_objects(self.path, self.bad):
+        for where, n, obj in json_objects(self.path, self.bad, self.encoding):
             missing = [k for k in (pkey, tkey) if obj.get(k) is None]
             if missing:
                 self.bad(f"{where}: missing key {missing[0]!r} (keys: {sorted(obj)})")
@@ -151,7 +161,7 @@ class _Reader:
 
     def table(self, delimiter: str) -> list[tuple[Utterance, str | None]]:
         rows = []
-        with open(self.path, encoding="utf-8", newline="") as f:
+        with open_text(self.path, self.encoding, newline="") as f, decoding(self.path, self.encoding):
             reader = csv.reader(f, delimiter=delimiter)
             try:
                 header = [h.strip() for h in next(reader)]
@@ -208,10 +218,17 @@ class _Reader:
             if ".ark:" in value or value.endswith(".ark"):
                 self.bad(f"{where}: {value!r} is a Kaldi archive entry; list audio files instead")
                 continue
+            if fields[0] in wavs:
+                self.bad(f"{where}: recording {fields[0]!r} listed twice (first at {wavs[fields[0]][1]})")
+                continue
             wavs[fields[0]] = (value, where)
         texts: dict[str, tuple[str, str]] = {}
         for n, fields in self._kaldi_lines(d / "text"):
-            texts[fields[0]] = (" ".join(fields[1:]), f"{d / 'text'}: line {n}")
+            where = f"{d / 'text'}: line {n}"
+            if fields[0] in texts:
+                self.bad(f"{where}: utterance {fields[0]!r} listed twice (first at {texts[fields[0]][1]})")
+                continue
+            texts[fields[0]] = (" ".join(fields[1:]), where)
         # utterance -> (recording, start, end, where of the line that names the audio)
         segs: dict[str, tuple[str, float, float | None, str]] = {}
         if (d / "segments").is_file():
@@ -228,6 +245,9 @@ class _Reader:
                     continue
                 if start < 0 or (end >= 0 and end <= start):
                     self.bad(f"{where}: segment {start:g}..{end:g} s is empty or negative")
+                    continue
+                if fields[0] in segs:
+                    self.bad(f"{where}: utterance {fields[0]!r} listed twice (first at {segs[fields[0]][3]})")
                     continue
                 segs[fields[0]] = (fields[1], start, None if end < 0 else end, where)
         else:
@@ -254,7 +274,7 @@ class _Reader:
         return rows
 
     def _kaldi_lines(self, path: Path):
-        with open(path, encoding="utf-8") as f:
+        with open_text(path, self.encoding) as f, decoding(path, self.encoding):
             for n, line in enumerate(f, 1):
                 fields = line.split()
                 if fields:
@@ -263,7 +283,8 @@ class _Reader:
 
 def read_manifest(path: str | Path, fmt: str = "auto", path_column: str | None = None,
                   text_column: str | None = None, split_column: str | None = "split", punctuation: str = "strip",
-                  bad: Callable[[str], None] | None = None) -> tuple[list[tuple[Utterance, str | None]], bool]:
+                  bad: Callable[[str], None] | None = None,
+                  encoding: str = "utf-8") -> tuple[list[tuple[Utterance, str | None]], bool]:
     """Rows of a manifest, not yet checked against the audio (:func:`check_audio`).
 
     Args:
@@ -274,6 +295,7 @@ def read_manifest(path: str | Path, fmt: str = "auto", path_column: str | None =
         split_column: the column/key naming each row's split, used where present.
         punctuation: ``strip`` or ``keep`` (:func:`clean_transcript`).
         bad: called with the message of each bad row (default: raise DataError).
+        encoding: the manifest's text encoding (any Python codec; Kaldi: every file).
     Returns:
         ``[(utterance, split or None)]`` and whether the manifest has the split column.
     """
@@ -283,7 +305,14 @@ def read_manifest(path: str | Path, fmt: str = "auto", path_column: str | None =
     def fail(msg: str) -> None:
         raise DataError(msg)
 
-    reader = _Reader(path, bad or fail, path_column, text_column, split_column, punctuation)
+    n_bad = 0
+
+    def counted(msg: str) -> None:
+        nonlocal n_bad
+        n_bad += 1
+        (bad or fail)(msg)
+
+    reader = _Reader(path, counted, path_column, text_column, split_column, punctuation, encoding)
     if kind == "kaldi":
         if not path.is_dir():
             raise DataError(f"{path}: a Kaldi data directory must be a folder (with wav.scp and text)")
@@ -292,6 +321,8 @@ def read_manifest(path: str | Path, fmt: str = "auto", path_column: str | None =
         rows = reader.jsonl()
     else:
         rows = reader.table("," if kind == "csv" else "\t")
+    if not rows and not n_bad:
+        raise DataError(f"{path}: no utterances in the manifest")
     return rows, reader.has_split
 
 
@@ -337,6 +368,7 @@ class ManifestDataModule(SpeechDataModule):
         text: ``{case: upper | lower | keep, punctuation: strip | keep}``.
         skip_bad: skip bad rows with a warning each and a count, instead of failing.
         resample: resample other sample rates to ``features.sample_rate``.
+        encoding: the manifests' text encoding (any Python codec).
         **kwargs: :class:`SpeechDataModule` settings.
     """
 
@@ -357,6 +389,7 @@ class ManifestDataModule(SpeechDataModule):
         text: dict | None = None,
         skip_bad: bool = False,
         resample: bool = True,
+        encoding: str = "utf-8",
         **kwargs,
     ):
         text = {"case": "upper", "punctuation": "strip", **dict(text or {})}
@@ -384,6 +417,7 @@ class ManifestDataModule(SpeechDataModule):
         self.split_column = split_column
         self.fractions = {"dev": dev_fraction, "test": test_fraction}
         self.split_seed, self.skip_bad, self.text = split_seed, skip_bad, text
+        self.encoding = encoding
         self.skipped = 0
         self._parts: dict[str, list[Utterance]] | None = None
 
@@ -395,7 +429,7 @@ class ManifestDataModule(SpeechDataModule):
 
     def _read(self, path: str) -> tuple[list[tuple[Utterance, str | None]], bool]:
         rows, has_split = read_manifest(path, self.format, self.path_column, self.text_column, self.split_column,
-                                        self.text["punctuation"], self._bad)
+                                        self.text["punctuation"], self._bad, self.encoding)
         return [(u, s) for u, s in rows if check_audio(u, self._bad)], has_split
 
     def _read_parts(self) -> dict[str, list[Utterance]]:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tsformer.data.encoding import read_text
 from tsformer.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -57,25 +58,23 @@ def strip_gutenberg(text: str, name: str = "text") -> str:
     return body[_BLANK_LINES.match(body, 1 if body.startswith("\n") else 0).end() :].rstrip()
 
 
-def read_book(path: str | Path, strip: bool = True) -> str:
-    """One book: UTF-8, a leading byte-order mark dropped, ``\\r\\n`` -> ``\\n``, and (with
+def read_book(path: str | Path, strip: bool = True, encoding: str = "utf-8") -> str:
+    """One book: decoded with ``encoding`` (UTF-8 by default), a leading byte-order mark dropped, ``\\r\\n`` -> ``\\n``, and (with
     ``strip``) the Project Gutenberg header and footer removed.
 
     Args:
         path (str | Path): a ``.txt`` file.
         strip (bool): keep only the text between the ``*** START OF`` / ``*** END OF`` lines.
+        encoding (str): any Python codec.
 
     Returns:
         str: the book's text.
 
     Raises:
-        DataError: not UTF-8, a marker missing, or no text left.
+        DataError: undecodable bytes (naming the offset), a marker missing, or no text left.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, encoding)
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")
     if strip:
         text = strip_gutenberg(text, str(path))

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tsformer.data.encoding import read_text
 from tsformer.data.errors import DataError
 from tsformer.data.samplers import ShardedSampler
 from tsformer.data.text.books import book_split, read_book
@@ -166,6 +167,7 @@ class CharLMDataModule(pl.LightningDataModule):
             random (tiling) windows: batch ``t`` is window ``t`` of every stream, for models
             with a segment memory (``model.memory``, Transformer-XL). Training streams start
             at random places each epoch and run ``train_samples / batch_size`` windows.
+        encoding (str): the text's encoding, any Python codec (``data.encoding``).
     """
 
     resume_batches = 0  # batches of the current epoch already trained (set by train() on resume)
@@ -173,8 +175,9 @@ class CharLMDataModule(pl.LightningDataModule):
     def __init__(self, path: str, context: int = 512, val_fraction: float = 0.05, test_fraction: float = 0.05,
                  split: Mapping | None = None, strip_gutenberg: bool = True, separator: str = "\n\n",
                  train_samples: int = 10_000, batch_size: int = 16, eval_batch_size: int = 16,
-                 num_workers: int = 0, seed: int = 0, stream: bool = False):
+                 num_workers: int = 0, seed: int = 0, stream: bool = False, encoding: str = "utf-8"):
         super().__init__()
+        self.encoding = encoding
         self.path, self.context = path, context
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split, self.strip_gutenberg, self.separator = split, strip_gutenberg, separator
@@ -198,10 +201,7 @@ class CharLMDataModule(pl.LightningDataModule):
 
     def _read_file(self, path: Path) -> dict[str, str]:
         """One file cut into contiguous train / val / test parts by fraction."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        text = read_text(path, self.encoding)
         n = len(text)
         n_test, n_val = int(n * self.test_fraction), int(n * self.val_fraction)
         n_train = n - n_val - n_test
@@ -213,7 +213,7 @@ class CharLMDataModule(pl.LightningDataModule):
         """The books of each split, joined with the separator."""
         files = book_split(folder, self.split)
         self.books = {k: [f.stem for f in fs] for k, fs in files.items()}
-        parts = {k: self.separator.join(read_book(f, self.strip_gutenberg) for f in fs) for k, fs in files.items()}
+        parts = {k: self.separator.join(read_book(f, self.strip_gutenberg, self.encoding) for f in fs) for k, fs in files.items()}
         if len(parts["train"]) < self.context + 2:
             raise DataError(f"{folder}: the training books {self.books['train']} have {len(parts['train'])} "
                             f"characters, too few for context {self.context}")

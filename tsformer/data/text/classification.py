@@ -52,6 +52,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
     Args:
         path: a CSV/JSONL file, a folder tree, the SemEval XML folder or the IMDB archive.
         format: ``auto``, ``csv``, ``jsonl``, ``folder``, ``semeval`` or ``imdb``.
+        train_path, test_path: separate training and test sources (any names, e.g. the
+            folders ``20news-bydate-train`` and ``20news-bydate-test``) instead of ``path``;
+            without ``test_path`` the test split is drawn from ``train_path``.
+        encoding: text encoding of CSV, JSONL and folder documents (any Python codec).
+        glob: only the files of a folder's label folders that match (``*.txt``); None: all.
+        skip_bad: skip empty documents with a warning and a count instead of failing.
         text_field, label_field: column/key names (CSV, JSONL).
         split_field: column/key with ``train``/``val``/``test`` per row, or None to split
             with ``split_seed`` (stratified).
@@ -98,9 +104,18 @@ class TextClassificationDataModule(pl.LightningDataModule):
         tokenizer: str | None = None,
         min_classes: int = 2,
         baseline: bool = True,
+        train_path: str | None = None,
+        test_path: str | None = None,
+        encoding: str = "utf-8",
+        glob: str | None = None,
+        skip_bad: bool = False,
     ):
         super().__init__()
-        self.path, self.format = path, format
+        if test_path and not train_path:
+            raise DataError(f"{test_path}: data.test_path needs data.train_path")
+        self.path, self.format = (train_path or path), format
+        self.train_path, self.test_path = train_path, test_path
+        self.read_options = {"encoding": encoding, "glob": glob, "skip_bad": skip_bad}
         self.tokenizer_path, self.min_classes = tokenizer, int(min_classes)
         self.baseline = baseline
         self.text_field, self.label_field, self.split_field = text_field, label_field, split_field
@@ -115,7 +130,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
-        table = read_documents(self.path, self.format, self.text_field, self.label_field, self.split_field)
+        table = self.read()
         if self.max_tokens < 2:
             raise ValueError(f"data.max_tokens must be >= 2, got {self.max_tokens}")
         self.classes = sorted(set(table.labels))
@@ -144,6 +159,17 @@ class TextClassificationDataModule(pl.LightningDataModule):
             s: TokenizedDocs(self.tokenizer.encode(self.split_texts(s)), self.y[idx], self.max_tokens)
             for s, idx in self.split_idx.items()
         }
+
+    def read(self) -> TextTable:
+        """The documents of ``path``, or of ``train_path`` (split ``train``) and ``test_path``
+        (split ``test``) joined."""
+        args = (self.format, self.text_field, self.label_field, self.split_field)
+        if not self.test_path:
+            return read_documents(self.path, *args, **self.read_options)
+        parts = [read_documents(p, *args, **self.read_options, split=s)
+                 for p, s in ((self.train_path, "train"), (self.test_path, "test"))]
+        return TextTable([t for p in parts for t in p.texts], [lb for p in parts for lb in p.labels],
+                         [s for p in parts for s in p.splits], [f"{s}:{i}" for p, s in zip(parts, ("train", "test")) for i in p.ids])
 
     def split_texts(self, split: str) -> list[str]:
         return [self.table.texts[i] for i in self.split_idx[split]]

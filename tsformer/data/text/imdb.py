@@ -24,7 +24,7 @@ def read_imdb(path: str | Path) -> TextTable:
     texts, labels, splits, ids = [], [], [], []
     if path.is_dir():
         root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
-        table = read_folder_docs(root)
+        table = read_folder_docs(root, glob="*.txt")
         if table.splits is None:
             raise DataError(f"{root}: expected train/ and test/ folders")
         table.texts = [_BR.sub("\n", t) for t in table.texts]

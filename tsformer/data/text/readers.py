@@ -14,9 +14,15 @@ from tsformer.data.text.imdb import read_imdb
 
 
 def read_documents(path: str | Path, format: str = "auto", text_field: str = "text",
-                   label_field: str = "label", split_field: str | None = None) -> TextTable:
+                   label_field: str = "label", split_field: str | None = None, encoding: str = "utf-8",
+                   glob: str | None = None, skip_bad: bool = False, split: str | None = None) -> TextTable:
     """Read labelled documents in any supported ``format``: ``auto``, ``csv``, ``jsonl``,
-    ``folder``, ``semeval``, ``imdb``."""
+    ``folder``, ``semeval``, ``imdb``.
+
+    ``encoding`` (any Python codec) applies to CSV, JSONL and folder documents; ``glob``
+    narrows the files of a folder's label folders; ``skip_bad`` skips empty documents
+    with a warning; ``split`` puts every document in that split (a separate train or
+    test folder or file), unless ``split_field`` is set."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
@@ -39,18 +45,24 @@ def read_documents(path: str | Path, format: str = "auto", text_field: str = "te
             format = "csv"
         else:
             raise DataError(f"{path}: cannot tell the format; set data.format (csv, jsonl, folder, semeval, imdb)")
-    if format == "csv":
-        return read_csv_docs(path, text_field, label_field, split_field)
-    if format == "jsonl":
-        return read_jsonl_docs(path, text_field, label_field, split_field)
+    if format in ("csv", "jsonl"):
+        read = read_csv_docs if format == "csv" else read_jsonl_docs
+        table = read(path, text_field, label_field, split_field, encoding, skip_bad)
+        if split and not split_field:
+            table.splits = [split] * len(table.texts)
+        return table
     if format == "folder":
-        return read_folder_docs(path)
+        return read_folder_docs(path, glob, encoding, skip_bad, split)
     if format == "semeval":
-        return read_semeval(path)
-    if format == "imdb":
+        table = read_semeval(path)
+    elif format == "imdb":
         if path.is_dir() and not (path / "aclImdb").is_dir():
             archives = sorted(path.glob("*.tar.gz"))
             if archives:
                 path = archives[0]
-        return read_imdb(path)
-    raise DataError(f"unknown data.format {format!r}; choose auto, csv, jsonl, folder, semeval or imdb")
+        table = read_imdb(path)
+    else:
+        raise DataError(f"unknown data.format {format!r}; choose auto, csv, jsonl, folder, semeval or imdb")
+    if split:
+        table.splits = [split] * len(table.texts)
+    return table
