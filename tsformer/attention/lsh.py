@@ -181,11 +181,12 @@ class _Pieces(torch.autograd.Function):
     """:func:`lsh_attention` one head and round at a time, the rounds of a head combined as
     they are computed: the forward keeps no per-round outputs nor any score, and writes the
     combined output into one preallocated tensor; the backward recomputes each piece and
-    writes the gradients of ``q, k, v`` into preallocated tensors (slicing the inputs under
+    adds the gradients of ``q, k, v`` into preallocated tensors (slicing the inputs under
     autograd would build a full-size gradient per piece). Each piece runs twice in the
     backward: once without gradients for the rounds' weights in the combination (their
-    softmax needs every round of the head), once with them. Dropout is replayed exactly
-    (the generator state before each piece is kept)."""
+    softmax needs every round of the head), once segment by segment with them
+    (:func:`_piece_backward`). Dropout is replayed exactly (the generator state before each
+    piece is kept)."""
 
     @staticmethod
     def forward(ctx, q, k, v, buckets, n_buckets, chunk, causal, valid, scale, dropout_p, segment):
