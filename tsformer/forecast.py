@@ -172,16 +172,26 @@ def read_rows(path: str | Path, columns: list[str], rows: int, dtype: dict | Non
         yield from pd.read_csv(path, usecols=columns, chunksize=rows, dtype=dtype)
 
 
-def series_grouped(path: str | Path, id_col: str, rows: int = 1_000_000) -> bool:
+def series_grouped(path: str | Path, id_col: str, rows: int = 1_000_000, columns: list[str] | None = None) -> bool:
     """Whether the rows of ``path`` list each series together, in ascending id order (as
     strings: the order forecasts are written in), which chunked reading needs. Reads the id
-    column only, ``rows`` at a time."""
+    column only, ``rows`` at a time. False too when the file lacks one of ``columns`` or
+    cannot be read: reading it whole then reports what is wrong."""
     last = None
-    for chunk in read_rows(path, [id_col], rows, {id_col: str}):
-        ids = chunk[id_col].astype(str).to_numpy()
-        if len(ids) and ((last is not None and ids[0] < last) or bool((ids[1:] < ids[:-1]).any())):
+    try:
+        if is_parquet(path):
+            names = _parquet(path).ParquetFile(path).schema_arrow.names
+        else:
+            names = list(pd.read_csv(path, nrows=0).columns)
+        if any(c not in names for c in [id_col, *(columns or [])]):
             return False
-        last = ids[-1] if len(ids) else last
+        for chunk in read_rows(path, [id_col], rows, {id_col: str}):
+            ids = chunk[id_col].astype(str).to_numpy()
+            if len(ids) and ((last is not None and ids[0] < last) or bool((ids[1:] < ids[:-1]).any())):
+                return False
+            last = ids[-1] if len(ids) else last
+    except ValueError:  # unparsable (pandas' and pyarrow's errors are ValueErrors)
+        return False
     return True
 
 
@@ -350,10 +360,10 @@ def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
     data = info["config"]["data"]
     id_col = data.get("id_col")
     chunk = int(args["chunk_series"] or 0)
-    if chunk > 0 and id_col and Path(path).is_file() and series_grouped(path, id_col):
+    cols = [id_col, data.get("time_col"), data.get("target"), *(data.get("known_covariates") or []),
+            *(data.get("past_covariates") or []), *(data.get("static_categoricals") or [])]
+    if chunk > 0 and id_col and Path(path).is_file() and series_grouped(path, id_col, columns=cols):
         chunk = -(-chunk // batch) * batch  # whole batches, so that the draws match whole-file reading
-        cols = [id_col, data["time_col"], data["target"], *(data.get("known_covariates") or []),
-                *(data.get("past_covariates") or []), *(data.get("static_categoricals") or [])]
         text = {c: str for c in (id_col, data["time_col"], *(data.get("static_categoricals") or []))}
         frames: Iterator[pd.DataFrame | None] = series_chunks(path, id_col, cols, chunk, dtype=text)
     else:
@@ -370,6 +380,11 @@ def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
             last = nxt is None
             if frame is not None and carry is not None:
                 frame = pd.concat([carry, frame], ignore_index=True)
+            where = path
+            if frame is None and is_parquet(path):  # whole Parquet file: the reader takes a frame
+                frame = _parquet(path).read_table(path).to_pandas()
+            elif frame is not None:
+                where = f"{path} (series {frame[id_col].iloc[0]!r} .. {frame[id_col].iloc[-1]!r})"
             try:
                 dm = make_datamodule(
                     info, None if frame is not None else path, frame=frame, horizon=h, eval_batch_size=batch,
@@ -378,8 +393,7 @@ def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
             except DataError as e:  # a chunk's errors name the file, not the in-memory chunk
                 if frame is None:
                     raise
-                raise DataError(str(e).replace("<DataFrame>", f"{path} (series {frame[id_col].iloc[0]!r} .. "
-                                                              f"{frame[id_col].iloc[-1]!r})", 1)) from None
+                raise DataError(str(e).replace("<DataFrame>", where, 1)) from None
             for name, length in dm.skipped:
                 print(f"skipped series {name!r}: {length} steps of history < context_length {dm.context_length}",
                       file=sys.stderr)
@@ -403,8 +417,9 @@ def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
                 chosen = args["plot_series"] or ([dm.table.names[n] for n, _ in dm.predict_items[:3]]
                                                  if first_chunk else [])
                 here = [str(x) for x in chosen if str(x) in set(dm.table.names)]
-                plot_forecasts(dm, fc, here, plot_dir, quantiles)
-                unplotted -= set(here)
+                if here:
+                    plot_forecasts(dm, fc, here, plot_dir, quantiles)
+                    unplotted -= set(here)
             first_chunk = False
             del dm, fc
             if last:
