@@ -197,7 +197,7 @@ def tiny_model(path: Path, context: int, horizon: int, samples: int) -> None:
                           "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_ff=32",
                           f"module.num_samples={samples}"])
     cfg = OmegaConf.to_container(cfg, resolve=True)
-    dm = CSVForecastingDataModule(frame=synthetic(4, context + horizon + 4),
+    dm = CSVForecastingDataModule(frame=synthetic(4, context + 4 * horizon + 8),
                                   **{k: v for k, v in cfg["data"].items() if k not in ("_target_", "path")})
     dm.setup("fit")
     torch.manual_seed(0)
