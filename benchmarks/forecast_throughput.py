@@ -105,7 +105,7 @@ def flops_per_series(a) -> dict[str, float]:
     return {"total": float(counter.get_total_flops()), **per_op}
 
 
-def matmul_rates(rows: int, d: int = 64, d_ff: int = 128, k: int = 3, reps: int = 5) -> dict[str, float]:
+def matmul_rates(rows: int, d: int = 64, d_ff: int = 128, k: int = 3, reps: int = 20) -> dict[str, float]:
     """GFLOP/s of ``torch.mm`` (into a preallocated output) on the step's shapes:
     ``rows = batch x paths`` by the convolution (``k d -> 2 d``), feed-forward and
     projection widths; best of ``reps``."""
