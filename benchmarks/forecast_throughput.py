@@ -246,7 +246,7 @@ def memory(a, tmp: Path) -> tuple[dict, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="256 series, batch 128, one repeat; --rss: 1k and 10k")
+    ap.add_argument("--quick", action="store_true", help="256 series, batch 128; --rss: 1k and 10k series")
     ap.add_argument("--series", type=int, default=1_000)
     ap.add_argument("--context", type=int, default=168)
     ap.add_argument("--horizon", type=int, default=24)
@@ -270,7 +270,7 @@ def main() -> None:
         return child_rss(a)
     a.cmd = "python benchmarks/forecast_throughput.py " + " ".join(sys.argv[1:])
     if a.quick:
-        a.series, a.batch_size, a.repeats = min(a.series, 256), min(a.batch_size, 128), 1
+        a.series, a.batch_size = min(a.series, 256), min(a.batch_size, 128)
     dev = torch.cuda.get_device_name() if a.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
     entry = {"date": f"{datetime.now():%Y-%m-%d %H:%M}", "machine": platform.node(), "device": dev,
              "load": os.getloadavg()[0], "quick": a.quick}
