@@ -56,8 +56,6 @@ def _find_checkpoint(run: Path) -> tuple[Path, Path]:
 
 def export(run: str | Path, out: str | Path) -> Path:
     """Write the ``.tsf`` file for a run directory or checkpoint; returns its path."""
-    from safetensors.torch import save_file
-
     ckpt_path, cfg_path = _find_checkpoint(Path(run))
     cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -69,6 +67,17 @@ def export(run: str | Path, out: str | Path) -> Path:
     weights = {k[len("net."):]: v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     if not weights:
         raise ExportError(f"{ckpt_path}: no network weights (state_dict keys net.*)")
+    return write_tsf(weights, cfg, data_state, out, checkpoint=str(ckpt_path))
+
+
+def write_tsf(weights: dict[str, torch.Tensor], cfg: dict[str, Any], data_state: dict, out: str | Path,
+              checkpoint: str = "") -> Path:
+    """Write a ``.tsf`` file: the forecaster's ``weights`` (its state dict), the run config
+    ``cfg`` (``data``, ``model``, ``module``, ...) and the data module's ``data_state``
+    (vocabulary and scalers), atomically. Returns its path."""
+    from safetensors.torch import save_file
+
+    weights = {k: v.detach().contiguous() for k, v in weights.items()}
     model_kwargs = _model_kwargs(data_state, weights)
     meta = {
         "format": FORMAT,
@@ -77,7 +86,7 @@ def export(run: str | Path, out: str | Path) -> Path:
         "config": json.dumps({k: cfg[k] for k in ("data", "model", "module", "task_name", "seed") if k in cfg}),
         "data_state": json.dumps(data_state),
         "model_kwargs": json.dumps(model_kwargs),
-        "checkpoint": str(ckpt_path),
+        "checkpoint": checkpoint,
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,12 @@
 Every series of ``input`` (same columns as the training CSV) is forecast from its last
 observed target value, for the trained horizon or a shorter one. Output, long format:
 ``series,time,mean,0.1,0.5,0.9``. It is written to a temporary file and renamed, so a
-killed run never leaves half a forecast file. Known covariates need ``horizon`` future
+killed run never leaves half a forecast file. Input and output may be CSV or Parquet
+(``.parquet``/``.pq``, needs pyarrow: ``pip install tsformer[parquet]``). A long-format
+input whose rows are grouped by series in ascending id order is read, forecast and written
+``chunk_series`` whole series at a time, so memory stays flat in the number of series; the
+forecasts equal reading the whole file (chunks hold whole batches). Any other input (wide,
+or series out of order) is read whole. Known covariates need ``horizon`` future
 rows (empty target) in the input. ``decode=jacobi`` (``tsformer/conf/decode/jacobi.yaml``) draws
 every path's noise up front and updates all horizon steps per forward pass (Jacobi
 iteration), reaching the paths sequential sampling gives with that noise.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -72,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "plot": False,  # PNG plots of history and forecast fan
     "plot_series": None,  # series ids to plot; null: the first 3
     "plot_dir": None,  # null: <output stem>_plots next to the output
+    "chunk_series": 4096,  # series per chunk of a long input sorted by series (rounded up to whole batches); 0: whole file
     "decode": "sequential",  # tsformer/conf/decode/<name>.yaml: sequential | jacobi (decode.<key>=... sets its keys)
 }
 
@@ -88,7 +95,8 @@ def make_datamodule(info: dict, input_path: str | None = None, frame: pd.DataFra
     return dm
 
 
-@torch.no_grad()
+
+@torch.inference_mode()  # no autograd bookkeeping (version counters, views) in the sampling loop
 def predict_frame(
     net: torch.nn.Module,
     dm,
@@ -226,6 +234,148 @@ def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Whether ``path`` names a Parquet file (by its suffix)."""
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+def _parquet(path: str | Path):
+    """``pyarrow.parquet``, or a DataError naming ``path`` when pyarrow is missing."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: Parquet needs pyarrow (pip install 'tsformer[parquet]')") from None
+    return pq
+
+
+def read_rows(path: str | Path, columns: list[str], rows: int, dtype: dict | None = None) -> Iterator[pd.DataFrame]:
+    """``columns`` of a CSV or Parquet file, about ``rows`` rows at a time."""
+    if is_parquet(path):
+        f = _parquet(path).ParquetFile(path)
+        missing = [c for c in columns if c not in f.schema_arrow.names]
+        if missing:
+            raise DataError(f"{path}: no column(s) {missing}; the file has {f.schema_arrow.names}")
+        for batch in f.iter_batches(batch_size=rows, columns=columns):
+            yield batch.to_pandas()
+    else:
+        yield from pd.read_csv(path, usecols=columns, chunksize=rows, dtype=dtype)
+
+
+def series_grouped(path: str | Path, id_col: str, rows: int = 1_000_000, columns: list[str] | None = None) -> bool:
+    """Whether the rows of ``path`` list each series together, in ascending id order (as
+    strings: the order forecasts are written in), which chunked reading needs. Reads the id
+    column only, ``rows`` at a time. False too when the file lacks one of ``columns`` or
+    cannot be read: reading it whole then reports what is wrong."""
+    last = None
+    try:
+        if is_parquet(path):
+            names = _parquet(path).ParquetFile(path).schema_arrow.names
+        else:
+            names = list(pd.read_csv(path, nrows=0).columns)
+        if any(c not in names for c in [id_col, *(columns or [])]):
+            return False
+        for chunk in read_rows(path, [id_col], rows, {id_col: str}):
+            ids = chunk[id_col].astype(str).to_numpy()
+            if len(ids) and ((last is not None and ids[0] < last) or bool((ids[1:] < ids[:-1]).any())):
+                return False
+            last = ids[-1] if len(ids) else last
+    except ValueError:  # unparsable (pandas' and pyarrow's errors are ValueErrors)
+        return False
+    return True
+
+
+def series_chunks(path: str | Path, id_col: str, columns: list[str], n_series: int, rows: int = 200_000,
+                  dtype: dict | None = None) -> Iterator[pd.DataFrame]:
+    """Frames of ``n_series`` whole series each (the last one fewer) from a file grouped by
+    series (:func:`series_grouped`); ``rows``: rows read at a time."""
+    acc: list[pd.DataFrame] = []
+    acc_series = 0
+    carry = None  # rows of the last series read, which may continue in the next rows
+    for chunk in read_rows(path, columns, rows, dtype):
+        df = chunk if carry is None else pd.concat([carry, chunk], ignore_index=True)
+        ids = df[id_col].astype(str).to_numpy()
+        if not len(ids):
+            continue
+        tail = int(np.searchsorted(ids, ids[-1]))  # sorted ids: where the last series begins
+        carry, done, ids = df.iloc[tail:], df.iloc[:tail], ids[:tail]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+        while acc_series + len(starts) >= n_series:
+            need = n_series - acc_series
+            cut = int(starts[need]) if need < len(starts) else len(done)
+            yield pd.concat([*acc, done.iloc[:cut]], ignore_index=True)
+            acc, acc_series = [], 0
+            done, starts = done.iloc[cut:], starts[need:] - cut
+        if len(done):
+            acc.append(done)
+            acc_series += len(starts)
+    if carry is not None and len(carry):
+        acc.append(carry)
+    if acc:
+        yield pd.concat(acc, ignore_index=True)
+
+
+class AtomicTableWriter:
+    """A table written chunk by chunk to a temporary file beside ``path`` (CSV, or Parquet
+    by the suffix), renamed onto ``path`` when the ``with`` block ends without an error;
+    on an error the temporary file is removed and ``path`` left as it was."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.parquet = is_parquet(self.path)
+        self._file = None
+        self._writer = None
+        self._empty: pd.DataFrame | None = None
+        self.rows = 0
+
+    def __enter__(self) -> AtomicTableWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.parquet:
+            _parquet(self.path)
+        else:
+            self._file = open(self.tmp, "w", newline="")
+        return self
+
+    def write(self, df: pd.DataFrame) -> None:
+        """Append the rows of ``df`` (the first frame fixes the columns)."""
+        if not len(df):
+            self._empty = df if self._empty is None else self._empty
+            return
+        if self.parquet:
+            import pyarrow as pa
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if self._writer is None:
+                self._writer = _parquet(self.path).ParquetWriter(self.tmp, table.schema)
+            self._writer.write_table(table.cast(self._writer.schema))
+        else:
+            df.to_csv(self._file, header=self.rows == 0, index=False, date_format="%Y-%m-%d %H:%M:%S")
+        self.rows += len(df)
+
+    def __exit__(self, kind, err, tb) -> None:
+        try:
+            if kind is None and self.rows == 0 and self._empty is not None:  # no forecast: the header only
+                if self.parquet:
+                    self._empty.to_parquet(self.tmp, index=False)
+                else:
+                    self._empty.to_csv(self._file, index=False)
+            if self._writer is not None:
+                self._writer.close()
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+            if kind is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if self._file is not None and not self._file.closed:
+                self._file.close()
+            self.tmp.unlink(missing_ok=True)
+
+
 def plot_forecasts(dm, fc: pd.DataFrame, series: list[str], out_dir: Path, quantiles: list[float]) -> list[Path]:
     """One PNG per series: the recent history, the median (or mean) and the quantile fan."""
     import matplotlib
@@ -286,8 +436,17 @@ def forecast_settings(args: dict[str, Any], info: dict) -> tuple[int, list[float
 
 
 def forecast(**kwargs) -> pd.DataFrame:
-    """Run the forecast command with keyword arguments (see :data:`DEFAULTS`)."""
-    args = {**DEFAULTS, **kwargs}
+    """Run the forecast command with keyword arguments (see :data:`DEFAULTS`); returns the
+    whole forecast table (held in memory: the command itself does not keep it)."""
+    parts: list[pd.DataFrame] = []
+    run_forecast({**DEFAULTS, **kwargs}, parts.append)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
+    """The forecast command on full ``args``: chunk by chunk of whole series when the input
+    allows (:func:`series_grouped`), each chunk's table appended to the output and handed
+    to ``keep`` if given. Returns the number of series forecast and the horizon."""
     if not args["model"] or not args["input"]:
         raise SystemExit("usage: python -m tsformer.forecast model=model.tsf input=history.csv output=forecast.csv")
     device = args["device"]
@@ -296,48 +455,104 @@ def forecast(**kwargs) -> pd.DataFrame:
     net, info = load_tsf(args["model"], device=device)
     h, quantiles, num_samples, decode = forecast_settings(args, info)
     exits = early_exit_options(decode, "state", ("state", "classifier"), "forecasts (Gaussian outputs, not tokens)")
-    dm = make_datamodule(
-        info, args["input"], horizon=h, eval_batch_size=int(args["batch_size"]),
-        unknown_series=args["unknown_series"], on_short=args["on_short"],
-    )
-    for name, length in dm.skipped:
-        print(f"skipped series {name!r}: {length} steps of history < context_length {dm.context_length}",
-              file=sys.stderr)
+    batch = int(args["batch_size"])
     policy, cal = None, None
     if exits is not None:
         require_exit_heads(bool((info["config"].get("module") or {}).get("exit_heads")), args["model"])
-        policy, cal = calibrate(net, info, exits, h, num_samples, int(args["seed"]), int(args["batch_size"]), device)
+        policy, cal = calibrate(net, info, exits, h, num_samples, int(args["seed"]), batch, device)
         policy.reset()
-    if int(args["devices"]) > 1:  # the same forecasts, series sharded over processes (tsformer.distributed)
+    devices = int(args["devices"])
+    if devices > 1:  # the same forecasts, series sharded over processes (tsformer.distributed)
         if policy is not None:
             raise SystemExit("decode.early_exit with devices>1 is not supported: forecast with devices=1")
         from tsformer.distributed import predict_sharded
 
-        predict = partial(predict_sharded, devices=int(args["devices"]))
+        predict = partial(predict_sharded, devices=devices)
     else:
         predict = partial(predict_frame, early_exit=policy)
-    fc, _ = predict(net, dm, quantiles, num_samples, include_mean=bool(args["mean"]), seed=args["seed"],
-                    device=device, progress=bool(args["progress"]), decode=decode)
+    path = str(args["input"])
+    data = info["config"]["data"]
+    id_col = data.get("id_col")
+    chunk = int(args["chunk_series"] or 0)
+    cols = [id_col, data.get("time_col"), data.get("target"), *(data.get("known_covariates") or []),
+            *(data.get("past_covariates") or []), *(data.get("static_categoricals") or [])]
+    if chunk > 0 and devices == 1 and id_col and Path(path).is_file() and series_grouped(path, id_col, columns=cols):
+        chunk = -(-chunk // batch) * batch  # whole batches: the same batches as reading the whole file
+        text = {c: str for c in (id_col, data["time_col"], *(data.get("static_categoricals") or []))}
+        frames: Iterator[pd.DataFrame | None] = series_chunks(path, id_col, cols, chunk, dtype=text)
+    else:
+        frames = iter([None])  # the whole file
+    n_series, carry, first_chunk = 0, None, True
+    unplotted = {str(x) for x in args["plot_series"] or []}
+    out = Path(args["output"])
+    plot_dir = Path(args["plot_dir"]) if args["plot_dir"] else out.with_name(f"{out.stem}_plots")
+    with AtomicTableWriter(out) as writer:
+        nxt = next(frames, None)
+        while True:
+            frame, nxt = nxt, next(frames, None)
+            last = nxt is None
+            if frame is not None and carry is not None:
+                frame = pd.concat([carry, frame], ignore_index=True)
+            where = path
+            if frame is None and is_parquet(path):  # whole Parquet file: the reader takes a frame
+                frame = _parquet(path).read_table(path).to_pandas()
+            elif frame is not None:
+                where = f"{path} (series {frame[id_col].iloc[0]!r} .. {frame[id_col].iloc[-1]!r})"
+            try:
+                dm = make_datamodule(
+                    info, None if frame is not None else path, frame=frame, horizon=h, eval_batch_size=batch,
+                    unknown_series=args["unknown_series"], on_short=args["on_short"],
+                )
+            except DataError as e:  # a chunk's errors name the file, not the in-memory chunk
+                if frame is None:
+                    raise
+                raise DataError(str(e).replace("<DataFrame>", where, 1)) from None
+            for name, length in dm.skipped:
+                print(f"skipped series {name!r}: {length} steps of history < context_length {dm.context_length}",
+                      file=sys.stderr)
+            items = dm.predict_items
+            if not last and len(items) % batch:
+                # Series past the last whole batch wait for the next chunk: the same batches as
+                # reading the whole file (each series' draws are its own either way).
+                cut = len(items) - len(items) % batch
+                names = {dm.table.names[n] for n, _ in items[cut:]}
+                carry = frame[frame[id_col].astype(str).isin(names)]
+                dm.predict_items = items[:cut]
+            else:
+                carry = None
+            fc, _ = predict(net, dm, quantiles, num_samples, include_mean=bool(args["mean"]), seed=args["seed"],
+                            device=device, progress=bool(args["progress"]), decode=decode)
+            writer.write(fc)
+            if keep is not None:
+                keep(fc)
+            n_series += len(dm.predict_items)
+            if args["plot"]:
+                chosen = args["plot_series"] or ([dm.table.names[n] for n, _ in dm.predict_items[:3]]
+                                                 if first_chunk else [])
+                here = [str(x) for x in chosen if str(x) in set(dm.table.names)]
+                if here:
+                    plot_forecasts(dm, fc, here, plot_dir, quantiles)
+                    unplotted -= set(here)
+            first_chunk = False
+            del dm, fc
+            if last:
+                break
     if policy is not None:
         print(exit_report(exits, policy, cal, exits["calibration"], "windows"), file=sys.stderr)
-    write_csv_atomic(fc, args["output"])
-    if args["plot"]:
-        out = Path(args["output"])
-        plot_dir = Path(args["plot_dir"]) if args["plot_dir"] else out.with_name(f"{out.stem}_plots")
-        series = args["plot_series"] or [dm.table.names[n] for n, _ in dm.predict_items[:3]]
-        plot_forecasts(dm, fc, [str(s) for s in series], plot_dir, quantiles)
-    return fc
+    if args["plot"] and unplotted:
+        raise DataError(f"plot_series: no series {sorted(unplotted)[0]!r} in the input")
+    return n_series, h
 
 
 @command(DEFAULTS, __doc__)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, usage=__doc__)
     try:
-        fc = forecast(**args)
+        n, h = run_forecast({**DEFAULTS, **args})
     except (DataError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args['output']}: {fc['series'].nunique()} series x {len(fc) // max(fc['series'].nunique(), 1)} steps")
+    print(f"wrote {args['output']}: {n} series x {h} steps")
     return 0
 
 

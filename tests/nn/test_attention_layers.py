@@ -138,6 +138,28 @@ def test_split_attention_equals_reference_over_concatenated_keys():
         assert_close(out[:, :, r], attention(q[:, :, r], k, v, Causal(), kernel="reference"))
 
 
+@pytest.mark.parametrize("P,n,lq", [(0, 1, 1), (1, 0, 1), (7, 1, 1), (13, 5, 1), (40, 9, 3), (168, 23, 1), (33, 17, 17)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_bias):
+    """A LogSparse step scores only the keys its queries may see (the gathered fast path);
+    the result equals the reference kernel over the concatenated keys."""
+    from tsformer.attention.bias import DenseBias
+    from tsformer.attention.patterns import LogSparse
+
+    g = torch.Generator().manual_seed(P * 31 + n)
+    B, H, R, D = 2, 2, 3, 8
+    q = torch.randn(B, H, R, lq, D, generator=g)
+    pk, pv = torch.randn(B, H, P, D, generator=g), torch.randn(B, H, P, D, generator=g)
+    sk, sv = torch.randn(B, H, R, n, D, generator=g), torch.randn(B, H, R, n, D, generator=g)
+    bias = DenseBias(torch.randn(B * R, H, lq, P + n, generator=g)) if with_bias else None
+    out = split_attention(q, pk, pv, sk, sv, LogSparse(), bias=bias)
+    for r in range(R):
+        k = torch.cat([pk, sk[:, :, r]], 2)
+        v = torch.cat([pv, sv[:, :, r]], 2)
+        b = None if bias is None else DenseBias(bias.bias.view(B, R, H, lq, P + n)[:, r])
+        assert_close(out[:, :, r], attention(q[:, :, r], k, v, LogSparse(), kernel="reference", bias=b))
+
+
 @pytest.mark.parametrize("positions", ["rotary", "learned", "relative"])
 def test_char_lm_cached_decoding_equals_full_recompute(positions):
     torch.manual_seed(0)

@@ -7,6 +7,8 @@ series against all ``R`` paths' queries (one matmul) and each path's suffix sepa
 pattern, the score bias and the query offset apply to the joined key axis exactly as in
 any other kernel, so the result equals the reference kernel over the concatenated keys.
 Work is ``O(R l (P + n) D)`` for ``l`` new queries: meant for decoding steps (small ``l``).
+A sparse pattern that lets the queries see at most half the keys (LogSparse: ``O(log L)``
+of them) scores only those, gathered once for all paths: ``O(R l k D)`` for ``k`` keys.
 """
 
 from __future__ import annotations
@@ -48,25 +50,44 @@ def split_attention(
     Lk = P + n
     off = Lk - lq if q_offset is None else int(q_offset)
     scale = D**-0.5 if scale is None else scale
+    mask = pattern.to_dense(lq, Lk, device=q.device, q_offset=off)  # (l, Lk) or (B, 1, l, Lk)
+    dense = None if bias is None else bias.to_dense(lq, Lk, off, q.device, q.dtype)  # (B R | 1, H | 1, l, Lk)
+    cols = _few_columns(mask)
+    if cols is not None:
+        # A sparse pattern (LogSparse) lets these queries see a few keys only: score those,
+        # not the whole cache (a masked key adds exactly zero to the softmax).
+        pre, suf = cols[cols < P], cols[cols >= P] - P
+        prefix_k, prefix_v = prefix_k.index_select(-2, pre), prefix_v.index_select(-2, pre)
+        suffix_k, suffix_v = suffix_k.index_select(-2, suf), suffix_v.index_select(-2, suf)
+        mask = mask.index_select(-1, cols)
+        dense = None if dense is None else dense.index_select(-1, cols)
+        P, Lk = len(pre), len(cols)
     q = q * scale  # on the few queries, not on the (R l x Lk) scores
     # (B, H, R l, P): one matmul for every path's queries against the shared prefix.
     s_pre = torch.matmul(q.reshape(B, H, R * lq, D), prefix_k.transpose(-1, -2)).view(B, H, R, lq, P)
     s_suf = torch.matmul(q, suffix_k.transpose(-1, -2))  # (B, H, R, l, n)
     scores = torch.cat([s_pre, s_suf], dim=-1)  # (B, H, R, l, Lk), a fresh tensor: updated in place
-    if bias is not None:
-        dense = bias.to_dense(lq, Lk, off, q.device, q.dtype)  # (B R | 1, H | 1, l, Lk)
+    if dense is not None:
         if dense.shape[0] > 1:
             dense = dense.view(B, R, dense.shape[1], lq, Lk).transpose(1, 2)
         else:
             dense = dense.unsqueeze(2)
         scores += dense
-    mask = pattern.to_dense(lq, Lk, device=q.device, q_offset=off)  # (l, Lk) or (B, 1, l, Lk)
     mask = mask if mask.dim() == 2 else mask.unsqueeze(2)
     probs = torch.softmax(scores.masked_fill_(~mask, float("-inf")), -1)
     if not bool(mask.any(-1).all()):  # a query with no allowed key: zeros, as the reference gives
         probs = torch.nan_to_num(probs, nan=0.0)
     out = torch.matmul(probs[..., :P].reshape(B, H, R * lq, P), prefix_v).view(B, H, R, lq, -1)
     return out + torch.matmul(probs[..., P:], suffix_v)
+
+
+def _few_columns(mask: Tensor) -> Tensor | None:
+    """The key columns any query may see, ``(k,)`` ascending, when a shared ``(l, Lk)`` mask
+    allows at most half of them (worth gathering); None otherwise (or a per-element mask)."""
+    if mask.dim() != 2:
+        return None
+    cols = mask.any(0).nonzero().squeeze(1)
+    return cols if 0 < 2 * len(cols) <= mask.shape[-1] else None
 
 
 __all__ = ["split_attention"]

@@ -214,9 +214,11 @@ class ConvTransformerForecaster(nn.Module):
             emb = torch.cat([emb, *parts], dim=-1)
         return emb
 
-    def _embed(self, inputs: Tensor, covariates: Tensor, series: Tensor, static: Tensor | None = None) -> Tensor:
+    def _embed(self, inputs: Tensor, covariates: Tensor, series: Tensor | None, static: Tensor | None = None,
+               features: Tensor | None = None) -> Tensor:
+        """``(B, L, d)`` block inputs; ``features``: :meth:`series_features`, when computed already."""
         B, L = inputs.shape
-        emb = self.series_features(series, static)[:, None, :].expand(B, L, -1)
+        emb = (self.series_features(series, static) if features is None else features)[:, None, :].expand(B, L, -1)
         return self.inp(torch.cat([inputs[..., None], covariates, emb], dim=-1))
 
     @torch.no_grad()
@@ -267,9 +269,9 @@ class ConvTransformerForecaster(nn.Module):
         cache.early_exit = early_exit
         x = run_blocks(self.blocks, self._embed(inputs, covariates[:, :C1], series, static), self.reversible, cache)
         mu, sigma = self.head(self.ln(x[:, -1:]))
-        sid = series.repeat_interleave(S, 0)
+        # Each path's series features, looked up once rather than at every step.
+        feats = self.series_features(series, static).repeat_interleave(S, 0)
         eps = None if noise is None else noise.reshape(B * S, H)
-        sst = None if static is None else static.repeat_interleave(S, 0)
         first = GaussianHead.sample(mu[:, -1].repeat_interleave(S, 0), sigma[:, -1].repeat_interleave(S, 0),
                                     generator, None if eps is None else eps[:, 0])
 
@@ -278,7 +280,7 @@ class ConvTransformerForecaster(nn.Module):
             pos = C1 + start
             m = prev.shape[1]
             cov = covariates[:, pos : pos + m].repeat_interleave(S, 0)
-            mu, sigma = self.head(self.ln(run_blocks(self.blocks, self._embed(prev, cov, sid, sst), self.reversible, cache)))
+            mu, sigma = self.head(self.ln(run_blocks(self.blocks, self._embed(prev, cov, None, features=feats), self.reversible, cache)))
             return GaussianHead.sample(mu, sigma, generator, None if eps is None else eps[:, start + 1 : start + 1 + m])
 
         out, _ = decode_values(step, first, H, cache, decode)

@@ -91,8 +91,9 @@ class KVCache:
         self.prefix_len, self.n = P, 0
         if self.shared:
             self._k, self._v = k, v
-            self._sk = k.new_zeros(B, H, self.repeat, self.max_len - P, D)
-            self._sv = v.new_zeros(B, H, self.repeat, self.max_len - P, v.shape[-1])
+            # Uninitialised: only the first n suffix positions, written by append, are read.
+            self._sk = k.new_empty(B, H, self.repeat, self.max_len - P, D)
+            self._sv = v.new_empty(B, H, self.repeat, self.max_len - P, v.shape[-1])
         else:
             self._k = k.new_empty(B, H, self.max_len, D)
             self._v = v.new_empty(B, H, self.max_len, v.shape[-1])
