@@ -380,6 +380,9 @@ def test_inputs_the_property_test_found():
     """Inputs that once escaped as library exceptions (kept as fixed regressions)."""
     # a UTF-16 file without BOM read as UTF-16: codecs' UnicodeError, not UnicodeDecodeError
     check(CASES["kaldi_dir"], [(0, ("empty",))], "utf-16", False)
+    # UCI electricity recoded as UTF-16 and read as latin-1: timestamps parse to NaT, which
+    # pandas' resampling cannot place ("'NaTType' object has no attribute 'normalize'")
+    check(CASES["series_uci"], [(0, ("recode", "utf-16"))], "latin-1", False)
     # timestamps with different UTC offsets: pandas' "Mixed timezones detected"
     check(CASES["user_csv_wide"], [(0, ("delete", 0.25, 10)), (0, ("dup_line", 0))], "utf-8", False)
     with tempfile.TemporaryDirectory() as d:

@@ -238,6 +238,8 @@ def read_uci_electricity(path: Path, *, freq: str = "1h", aggregate: str = "mean
     except (ValueError, TypeError):
         bad = _first_bad(pd.Series(df.index), lambda s: pd.to_datetime(s))
         raise DataError(f"{path}: row {bad}: cannot parse the timestamp") from None
+    if df.index.isna().any():  # an empty timestamp parses to NaT, which resampling cannot place
+        raise DataError(f"{path}: row {int(np.argmax(df.index.isna())) + 2}: empty timestamp")
     nonnum = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if nonnum:
         c = nonnum[0]
