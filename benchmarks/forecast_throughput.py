@@ -74,8 +74,11 @@ def prepare(a, n: int):
 
 def child_time(a) -> None:
     """One timing in this process (the code on ``PYTHONPATH``): a JSON line on stdout."""
+    import tsformer.forecast
     from tsformer.forecast import predict_frame
 
+    if a.device == "cpu" and hasattr(tsformer.forecast, "reuse_freed_memory"):
+        tsformer.forecast.reuse_freed_memory()  # as the command does (versions that have it)
     t0 = time.perf_counter()
     dm, net = prepare(a, a.series)
     prep = time.perf_counter() - t0

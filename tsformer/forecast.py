@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "plot_series": None,  # series ids to plot; null: the first 3
     "plot_dir": None,  # null: <output stem>_plots next to the output
     "chunk_series": 4096,  # series per chunk of a long input sorted by series (rounded up to whole batches); 0: whole file
+    "reuse_memory": True,  # keep freed buffers in this process's heap (glibc): fewer page faults per step
     "decode": "sequential",  # tsformer/conf/decode/<name>.yaml: sequential | jacobi (decode.<key>=... sets its keys)
 }
 
@@ -443,6 +444,30 @@ def forecast(**kwargs) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
+def reuse_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed memory for reuse instead of handing it back to the
+    kernel (``mallopt``: no mmap threshold, no trimming, 256 MB of top padding).
+
+    Each sampling step allocates and frees activations of batch x paths rows (tens of MB); by
+    default glibc maps buffers that large afresh and unmaps them on free, so every step pays
+    for the kernel zeroing new pages: measured on 2 CPU cores (512 series, 100 paths), 4.4 s of
+    system time out of 10.2 s, and 1.4x the sampling speed with the heap kept. The cost is a
+    process that does not return its peak memory to the system until it exits, which suits a
+    command; a long-lived worker (Spark, Dask) may prefer not to call it. Returns whether it
+    took effect (False off glibc).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 2**31 - 1) == 1
+    ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return bool(ok & (libc.mallopt(M_TOP_PAD, 256 * 2**20) == 1))
+
+
 def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
     """The forecast command on full ``args``: chunk by chunk of whole series when the input
     allows (:func:`series_grouped`), each chunk's table appended to the output and handed
@@ -452,6 +477,8 @@ def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
     device = args["device"]
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("device=cuda but no CUDA device is available")
+    if args.get("reuse_memory", True) and device == "cpu":
+        reuse_freed_memory()
     net, info = load_tsf(args["model"], device=device)
     h, quantiles, num_samples, decode = forecast_settings(args, info)
     exits = early_exit_options(decode, "state", ("state", "classifier"), "forecasts (Gaussian outputs, not tokens)")
