@@ -54,7 +54,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     (pure,) = (venv / "lib").glob("python*/site-packages")
     (pure / "outer_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--force-reinstall",
                     "-q", str(whl)], check=True, capture_output=True, timeout=600)
     bin_ = venv / "bin"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -72,6 +72,8 @@ def _csv_errors(path: str | Path, encoding: str) -> Iterator[None]:
         raise DataError(f"{path}: the file is empty (no header row)") from None
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: malformed CSV: {str(e).strip().removeprefix('Error tokenizing data. ')}") from None
+    except OverflowError as e:  # a numeral of hundreds of digits in a numeric column
+        raise DataError(f"{path}: a number too large for a float ({e})") from None
     except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt .gz
         if isinstance(e, FileNotFoundError):
             raise
