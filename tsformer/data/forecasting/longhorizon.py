@@ -15,16 +15,14 @@ averaged over every window, horizon step and channel.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tsformer.data.encoding import decoding, open_text
 from tsformer.data.errors import DataError
-from tsformer.data.forecasting.readers import read_frame
+from tsformer.data.forecasting.readers import first_line, read_frame
 
 
 @dataclass
@@ -90,13 +88,7 @@ def read_matrix(path: str | Path, encoding: str = "utf-8") -> tuple[np.ndarray, 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    try:
-        with open_text(path, encoding) as f, decoding(path, encoding):
-            first = f.readline()
-    except (EOFError, OSError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read the file ({e})") from None
-    if not first.strip():
-        raise DataError(f"{path}: the file is empty")
+    first = first_line(path, encoding)
     if first.lower().startswith("date"):
         df = read_frame(path, encoding)
         if df.shape[1] < 2 or df.empty:

@@ -94,9 +94,9 @@ def iter_frames(path: str | Path, chunksize: int, encoding: str = "utf-8", **kwa
         yield from chunks
 
 
-def detect_format(path: str | Path, encoding: str = "utf-8") -> str:
-    """Guess ``long``, ``uci`` or ``lstnet`` from the file's first line."""
-    path = Path(path)
+def first_line(path: Path, encoding: str = "utf-8") -> str:
+    """The file's first line (gzip or plain), or a :class:`DataError` if it cannot be read
+    or is empty."""
     try:
         with open_text(path, encoding) as f, decoding(path, encoding):
             first = f.readline()
@@ -104,6 +104,12 @@ def detect_format(path: str | Path, encoding: str = "utf-8") -> str:
         raise DataError(f"{path}: cannot read the file ({e})") from None
     if not first.strip():
         raise DataError(f"{path}: the file is empty")
+    return first
+
+
+def detect_format(path: str | Path, encoding: str = "utf-8") -> str:
+    """Guess ``long``, ``uci`` or ``lstnet`` from the file's first line."""
+    first = first_line(Path(path), encoding)
     if first.startswith('"";') or (";" in first and "MT_" in first):
         return "uci"
     cells = first.strip().split(",")
