@@ -220,21 +220,6 @@ def calibrate(net: torch.nn.Module, info: dict, opts: dict, horizon: int, num_sa
                                    classifier=classifier)
 
 
-def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> None:
-    """Write ``df`` to a temporary file beside ``path``, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            df.to_csv(f, index=False, date_format="%Y-%m-%d %H:%M:%S")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
