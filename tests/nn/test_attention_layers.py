@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 from torch.testing import assert_close
 
 from tsformer.attention import Causal, attention
@@ -125,13 +126,20 @@ def test_relative_positions_through_bias_equal_the_dense_formula():
         assert_close(layer(x, lengths), ref, rtol=1e-4, atol=1e-5)
 
 
-def test_split_attention_equals_reference_over_concatenated_keys():
+def _spare_buffer(t: Tensor, spare: int) -> Tensor:
+    """``t (B, H, R, n, D)`` followed by ``spare`` NaN positions: a cache buffer of which only
+    the first ``n`` are written (a read of the rest would show as NaN)."""
+    return torch.cat([t, torch.full((*t.shape[:3], spare, t.shape[-1]), float("nan"))], 3)
+
+
+@pytest.mark.parametrize("spare", [0, 3])
+def test_split_attention_equals_reference_over_concatenated_keys(spare):
     g = torch.Generator().manual_seed(0)
     B, H, R, P, n, lq, D = 2, 2, 3, 5, 4, 2, 8
     q = torch.randn(B, H, R, lq, D, generator=g)
     pk, pv = torch.randn(B, H, P, D, generator=g), torch.randn(B, H, P, D, generator=g)
     sk, sv = torch.randn(B, H, R, n, D, generator=g), torch.randn(B, H, R, n, D, generator=g)
-    out = split_attention(q, pk, pv, sk, sv, Causal())
+    out = split_attention(q, pk, pv, _spare_buffer(sk, spare), _spare_buffer(sv, spare), Causal(), suffix_len=n)
     for r in range(R):
         k = torch.cat([pk, sk[:, :, r]], 2)
         v = torch.cat([pv, sv[:, :, r]], 2)
@@ -140,9 +148,11 @@ def test_split_attention_equals_reference_over_concatenated_keys():
 
 @pytest.mark.parametrize("P,n,lq", [(0, 1, 1), (1, 0, 1), (7, 1, 1), (13, 5, 1), (40, 9, 3), (168, 23, 1), (33, 17, 17)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_bias):
+@pytest.mark.parametrize("spare", [0, 2])
+def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_bias, spare):
     """A LogSparse step scores only the keys its queries may see (the gathered fast path);
-    the result equals the reference kernel over the concatenated keys."""
+    the result equals the reference kernel over the concatenated keys, also when the suffix
+    comes as a longer buffer of which ``suffix_len`` positions are written."""
     from tsformer.attention.bias import DenseBias
     from tsformer.attention.patterns import LogSparse
 
@@ -152,12 +162,29 @@ def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_b
     pk, pv = torch.randn(B, H, P, D, generator=g), torch.randn(B, H, P, D, generator=g)
     sk, sv = torch.randn(B, H, R, n, D, generator=g), torch.randn(B, H, R, n, D, generator=g)
     bias = DenseBias(torch.randn(B * R, H, lq, P + n, generator=g)) if with_bias else None
-    out = split_attention(q, pk, pv, sk, sv, LogSparse(), bias=bias)
+    out = split_attention(q, pk, pv, _spare_buffer(sk, spare), _spare_buffer(sv, spare), LogSparse(), bias=bias,
+                          suffix_len=n)
     for r in range(R):
         k = torch.cat([pk, sk[:, :, r]], 2)
         v = torch.cat([pv, sv[:, :, r]], 2)
         b = None if bias is None else DenseBias(bias.bias.view(B, R, H, lq, P + n)[:, r])
         assert_close(out[:, :, r], attention(q[:, :, r], k, v, LogSparse(), kernel="reference", bias=b))
+
+
+@pytest.mark.parametrize("width", [1, 2, 9, 15, 16, 40])
+def test_split_softmax_equals_torch_softmax_at_few_keys(width):
+    """The vectorised softmax used below 16 keys (PyTorch's CPU kernel is scalar there)
+    equals torch.softmax, masked keys included; a row with no allowed key is NaN in both."""
+    from tsformer.attention.split import _softmax
+
+    g = torch.Generator().manual_seed(width)
+    s = torch.randn(7, 3, width, generator=g) * 20
+    s[0, :, : width // 2] = float("-inf")
+    s[1, 0] = float("-inf")
+    got, want = _softmax(s.clone()), torch.softmax(s, -1)
+    assert torch.isnan(got[1, 0]).all() and torch.isnan(want[1, 0]).all()
+    keep = ~torch.isnan(want)
+    assert_close(got[keep], want[keep], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("positions", ["rotary", "learned", "relative"])

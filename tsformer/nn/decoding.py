@@ -138,6 +138,13 @@ class KVCache:
         P, t = self.prefix_len, self.length
         return self._k[:, :, None, P:t], self._v[:, :, None, P:t]
 
+    def suffix_buffers(self) -> tuple[Tensor, Tensor, int]:
+        """The suffix buffers ``(B, H, R, max_len - P, D)`` whole (shared caches only) and
+        ``n``, the positions of them written (what :meth:`suffix` returns as views)."""
+        if not self.shared:
+            raise ValueError("suffix_buffers() is for caches shared by several paths; use suffix()")
+        return self._sk, self._sv, self.n
+
     def truncate(self, length: int) -> None:
         """Forget positions from ``length`` on (a rejected guess of parallel decoding).
 

@@ -245,13 +245,13 @@ class AttentionLayer(nn.Module):
         prefix (persistent slots in front) plus each path's suffix (heads ``heads``)."""
         BR, H, lq, D = q.shape
         B, R = cache.batch, cache.repeat
-        (pk, pv), (sk, sv) = cache.prefix(), cache.suffix()
+        (pk, pv), (sk, sv, n) = cache.prefix(), cache.suffix_buffers()
         pk, pv = pk[:, heads], pv[:, heads]
         if self.persistent is not None:
             mk, mv = self.persistent(B, heads)
             pk, pv = torch.cat([mk.to(pk.dtype), pk], 2), torch.cat([mv.to(pv.dtype), pv], 2)
         qp = q.view(B, R, H, lq, D).transpose(1, 2)  # (B, h, R, l, D)
-        out = split_attention(qp, pk, pv, sk[:, heads], sv[:, heads], pattern, bias=bias)
+        out = split_attention(qp, pk, pv, sk[:, heads], sv[:, heads], pattern, bias=bias, suffix_len=n)
         return out.transpose(1, 2).reshape(BR, H, lq, -1)
 
     @staticmethod
