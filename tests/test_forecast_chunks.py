@@ -62,6 +62,7 @@ def test_series_chunks_hold_whole_series(tmp_path):
                                 dtype={"series": str, "time": str}))
     assert [f["series"].nunique() for f in frames] == [3, 3, 1]
     pd.testing.assert_frame_equal(pd.concat(frames, ignore_index=True), df)
+    assert pd.concat(frames).index.tolist() == list(range(len(df)))  # file positions, for error rows
     df.iloc[::-1].to_csv(tmp_path / "r.csv", index=False)
     assert not series_grouped(tmp_path / "r.csv", "series", rows=7)
 
@@ -98,9 +99,13 @@ def test_an_error_in_a_later_chunk_leaves_no_output(model, tmp_path):
     for out in ("f.csv", "f.parquet"):
         if out.endswith("parquet"):
             pytest.importorskip("pyarrow")
-        with pytest.raises(DataError, match=r"h\.csv \(series 'S06' \.\. 'S07'\): row \d+, column 'value'"):
+        # the row of the file (header: row 1), not of the chunk, as reading the file whole says
+        row = len(df) - 3 + 2
+        with pytest.raises(DataError, match=rf"h\.csv \(series 'S06' \.\. 'S07'\): row {row}, column 'value'"):
             run(model, tmp_path / "h.csv", tmp_path / out, chunk_series=2)
         assert not (tmp_path / out).exists()
+    with pytest.raises(DataError, match=rf"h\.csv: row {row}, column 'value'"):
+        run(model, tmp_path / "h.csv", tmp_path / "whole.csv", chunk_series=0)
     (tmp_path / "keep.csv").write_text("old\n")
     with pytest.raises(DataError):
         run(model, tmp_path / "h.csv", tmp_path / "keep.csv", chunk_series=2)

@@ -30,6 +30,7 @@ layers used go to stderr:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -238,16 +239,33 @@ def _parquet(path: str | Path):
 
 
 def read_rows(path: str | Path, columns: list[str], rows: int, dtype: dict | None = None) -> Iterator[pd.DataFrame]:
-    """``columns`` of a CSV or Parquet file, about ``rows`` rows at a time."""
+    """``columns`` of a CSV or Parquet file, about ``rows`` rows at a time, each frame indexed
+    by its rows' positions in the file (0: the first data row), so that an error found in a
+    chunk can name the file's row (:func:`file_rows`)."""
     if is_parquet(path):
         f = _parquet(path).ParquetFile(path)
         missing = [c for c in columns if c not in f.schema_arrow.names]
         if missing:
             raise DataError(f"{path}: no column(s) {missing}; the file has {f.schema_arrow.names}")
-        for batch in f.iter_batches(batch_size=rows, columns=columns):
-            yield batch.to_pandas()
+        batches = (b.to_pandas() for b in f.iter_batches(batch_size=rows, columns=columns))
     else:
-        yield from pd.read_csv(path, usecols=columns, chunksize=rows, dtype=dtype)
+        batches = pd.read_csv(path, usecols=columns, chunksize=rows, dtype=dtype)
+    start = 0
+    for df in batches:
+        df.index = pd.RangeIndex(start, start + len(df))
+        start += len(df)
+        yield df
+
+
+def file_rows(message: str, frame: pd.DataFrame) -> str:
+    """``message`` of an error in ``frame`` (a chunk of a file, indexed by file position as
+    :func:`read_rows` gives), its ``row N`` numbers (the chunk's own, 2 = its first row, as
+    for a file with a header) turned into the file's."""
+    def to_file(m: re.Match) -> str:
+        i = int(m.group(1)) - 2
+        return f"row {int(frame.index[i]) + 2}" if 0 <= i < len(frame) else m.group(0)
+
+    return re.sub(r"\brow (\d+)", to_file, message)
 
 
 def series_grouped(path: str | Path, id_col: str, rows: int = 1_000_000, columns: list[str] | None = None) -> bool:
@@ -281,7 +299,7 @@ def series_chunks(path: str | Path, id_col: str, columns: list[str], n_series: i
     acc_series = 0
     carry = None  # rows of the last series read, which may continue in the next rows
     for chunk in read_rows(path, columns, rows, dtype):
-        df = chunk if carry is None else pd.concat([carry, chunk], ignore_index=True)
+        df = chunk if carry is None else pd.concat([carry, chunk])
         ids = df[id_col].astype(str).to_numpy()
         if not len(ids):
             continue
@@ -291,7 +309,7 @@ def series_chunks(path: str | Path, id_col: str, columns: list[str], n_series: i
         while acc_series + len(starts) >= n_series:
             need = n_series - acc_series
             cut = int(starts[need]) if need < len(starts) else len(done)
-            yield pd.concat([*acc, done.iloc[:cut]], ignore_index=True)
+            yield pd.concat([*acc, done.iloc[:cut]])
             acc, acc_series = [], 0
             done, starts = done.iloc[cut:], starts[need:] - cut
         if len(done):
@@ -300,7 +318,7 @@ def series_chunks(path: str | Path, id_col: str, columns: list[str], n_series: i
     if carry is not None and len(carry):
         acc.append(carry)
     if acc:
-        yield pd.concat(acc, ignore_index=True)
+        yield pd.concat(acc)
 
 
 class AtomicTableWriter:
@@ -504,7 +522,7 @@ def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
             frame, nxt = nxt, next(frames, None)
             last = nxt is None
             if frame is not None and carry is not None:
-                frame = pd.concat([carry, frame], ignore_index=True)
+                frame = pd.concat([carry, frame])  # file positions kept in the index
             where = path
             if frame is None and is_parquet(path):  # whole Parquet file: the reader takes a frame
                 frame = _parquet(path).read_table(path).to_pandas()
@@ -518,7 +536,7 @@ def run_forecast(args: dict[str, Any], keep=None) -> tuple[int, int]:
             except DataError as e:  # a chunk's errors name the file, not the in-memory chunk
                 if frame is None:
                     raise
-                raise DataError(str(e).replace("<DataFrame>", where, 1)) from None
+                raise DataError(file_rows(str(e).replace("<DataFrame>", where, 1), frame)) from None
             for name, length in dm.skipped:
                 print(f"skipped series {name!r}: {length} steps of history < context_length {dm.context_length}",
                       file=sys.stderr)
