@@ -30,6 +30,20 @@ def _grads(out, *ts):
     return torch.autograd.grad((out * torch.linspace(-1, 1, out.shape[-2])[:, None]).sum(), ts, retain_graph=True)
 
 
+@pytest.mark.parametrize("buckets", [2, 4, 8, 64])
+def test_buckets_are_the_argmax_over_rotated_and_negated(buckets):
+    """h(x) = argmax([xR; -xR]) (Kitaev et al. 2020, Sec. 3), written out, ties included."""
+    x = torch.randn(2, 3, 17, 8, generator=torch.Generator().manual_seed(buckets))
+    rot = draw_rotations(3, 2, 8, buckets, generator=torch.Generator().manual_seed(1))
+    xr = torch.einsum("bhld,hrdk->bhrlk", x, rot)
+    assert torch.equal(lsh_buckets(x, rot), torch.cat([xr, -xr], -1).argmax(-1))
+    # a tie between a largest and a most negative value: the first half, as argmax takes it
+    tie = torch.tensor([[1.0, 0.0], [0.0, -1.0]]).reshape(1, 1, 2, 2)  # x = (1, 1): xR = (1, -1)
+    xr = torch.einsum("bhld,hrdk->bhrlk", torch.ones(1, 1, 1, 2), tie)
+    assert torch.equal(lsh_buckets(torch.ones(1, 1, 1, 2), tie), torch.cat([xr, -xr], -1).argmax(-1))
+    assert lsh_buckets(torch.ones(1, 1, 1, 2), tie).item() == 0
+
+
 @pytest.mark.parametrize("L", [1, 2, 7, 33])
 @pytest.mark.parametrize("buckets,rounds,chunk,causal", [(1, 1, 64, False), (4, 2, 4, True), (8, 3, 3, False),
                                                         (2, 1, 1, True), (6, 2, 5, False)])

@@ -71,7 +71,11 @@ def lsh_buckets(x: Tensor, rotations: Tensor) -> Tensor:
     if rotations.shape[-1] == 0:
         return torch.zeros(B, H, rotations.shape[1], L, dtype=torch.long, device=x.device)
     rotated = torch.einsum("bhld,hrdk->bhrlk", x.to(rotations.dtype), rotations)
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+    # argmax([xR; -xR]) without building the concatenation (twice the rotated tensor):
+    # the largest of xR, or the most negative of xR in the second half; a tie goes to the
+    # first half, as argmax over the concatenation takes the first maximum.
+    hi, lo = rotated.max(dim=-1), rotated.min(dim=-1)
+    return torch.where(hi.values >= -lo.values, hi.indices, lo.indices + rotated.shape[-1])
 
 
 def _valid(lengths: Tensor | None, B: int, L: int, device) -> Tensor:
