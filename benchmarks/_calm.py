@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +71,8 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calm-parts", nargs="+", default=["charlm", "speech"], choices=["charlm", "speech"])
     ap.add_argument("--calm-charlm-data", default=None, help="task=pgbooks data.path (default: the shipped excerpt)")
     ap.add_argument("--calm-charlm-layers", type=int, default=None, help="default 6 (--quick) or 12")
+    ap.add_argument("--calm-charlm-d-model", type=int, default=None, help="default 64 (--quick) or 256; d_ff = 4 d_model")
+    ap.add_argument("--calm-charlm-context", type=int, default=None, help="default 128 (--quick) or 512")
     ap.add_argument("--calm-speech-layers", type=int, default=None, help="default 6 (--quick) or 8")
     ap.add_argument("--calm-steps", type=int, default=None, help="training steps (default 150 --quick, else 4000 char LM / 1500 speech)")
     ap.add_argument("--calm-workdir", default=str(ROOT / "outputs" / "bench_calm"))
@@ -107,13 +110,14 @@ def charlm_rows(args, device: str) -> list[dict]:
     quick = bool(_opt(args, "quick", False))
     layers = int(_opt(args, "calm_charlm_layers", 6 if quick else 12))
     work = Path(_opt(args, "calm_workdir", ROOT / "outputs" / "bench_calm"))
-    size = (["model.d_model=64", "model.n_heads=4", "model.d_ff=256", "data.context=128",
-             "data.train_samples=4000"] if quick else
-            ["model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "data.context=512"])
+    d = int(_opt(args, "calm_charlm_d_model", 64 if quick else 256))
+    ctx = int(_opt(args, "calm_charlm_context", 128 if quick else 512))
+    size = [f"model.d_model={d}", "model.n_heads=4", f"model.d_ff={4 * d}", f"data.context={ctx}"]
+    size += ["data.train_samples=4000"] if quick else []
     steps = int(_opt(args, "calm_steps", 150 if quick else 4000))
     size += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // 2)}"]
     data = _opt(args, "calm_charlm_data", None)
-    run = work / f"charlm_{layers}l_{steps}{'_quick' if quick else ''}"
+    run = work / f"charlm_{layers}l_d{d}_c{ctx}_{steps}{'_quick' if quick else ''}"
     over = ["task=pgbooks", f"model.n_layers={layers}", "model.window=64", "model.dilation=1",
             "module.exit_heads=true", f"run_dir={run}", *size, *QUIET] + ([f"data.path={data}"] if data else [])
     net, dm, _ = _trained(compose_config(over), run)
@@ -159,7 +163,8 @@ def charlm_rows(args, device: str) -> list[dict]:
                 "wall_s": t_exit, "full_wall_s": t_full, "speedup": t_full / t_exit, "device": device,
                 "threshold": None if c.threshold == NEVER else c.threshold, "p_value": p,
                 "calibration_n": c.n, "test_n": len(test), "generated": glen, "measure": measure,
-                "tolerance": tol, "delta": c.delta,
+                "tolerance": tol, "delta": c.delta, "d_model": d,
+                "context": ctx, "train_steps": steps,
             })
             print(_line(rows[-1]), flush=True)
     return rows
@@ -301,9 +306,10 @@ def main() -> None:
     with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
         f.write(f"\n### CALM early exit ({'--quick, ' if a.quick else ''}{stamp['date']}, {stamp['machine']}, "
                 f"{a.threads} threads, load {stamp['load_avg']:.1f}, {took:.0f} s)\n\n"
-                f"`PYTHONPATH=. python benchmarks/_calm.py{' --quick' if a.quick else ''}`; delta "
+                f"`PYTHONPATH=. python {' '.join(sys.argv)}`; delta "
                 f"{a.calm_delta}; char LM: task=pgbooks, {_opt(a, 'calm_charlm_layers', 6 if a.quick else 12)} "
-                "layers, greedy, consistency = share of characters equal to the full model's; speech: "
+                f"layers, d_model {_opt(a, 'calm_charlm_d_model', 64 if a.quick else 256)}, context "
+                f"{_opt(a, 'calm_charlm_context', 128 if a.quick else 512)}, greedy, consistency = share of characters equal to the full model's; speech: "
                 f"task=librispeech, Conformer-CTC {_opt(a, 'calm_speech_layers', 6 if a.quick else 8)} layers, "
                 "greedy CTC, consistency = 1 - mean per-utterance WER increase. Speedup: batch-1 wall time, "
                 "full model / early exit.\n\n" + table(rows))
