@@ -146,15 +146,20 @@ def test_split_attention_equals_reference_over_concatenated_keys(spare):
         assert_close(out[:, :, r], attention(q[:, :, r], k, v, Causal(), kernel="reference"))
 
 
-@pytest.mark.parametrize("P,n,lq", [(0, 1, 1), (1, 0, 1), (7, 1, 1), (13, 5, 1), (40, 9, 3), (168, 23, 1), (33, 17, 17)])
+@pytest.mark.parametrize("P,n,lq", [(0, 1, 1), (1, 0, 1), (168, 0, 1), (7, 1, 1), (13, 5, 1), (40, 9, 3), (168, 23, 1), (33, 17, 17)])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("spare", [0, 2])
-def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_bias, spare):
-    """A LogSparse step scores only the keys its queries may see (the gathered fast path);
-    the result equals the reference kernel over the concatenated keys, also when the suffix
+@pytest.mark.parametrize("in_place", [True, False])
+def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_bias, spare, in_place, monkeypatch):
+    """A LogSparse step scores only the keys its queries may see (the gathered fast path,
+    with the suffix keys read in place, as on CPU, or gathered, as on other devices); the
+    result equals the reference kernel over the concatenated keys, also when the suffix
     comes as a longer buffer of which ``suffix_len`` positions are written."""
+    import tsformer.attention.split as split
     from tsformer.attention.bias import DenseBias
     from tsformer.attention.patterns import LogSparse
+
+    monkeypatch.setattr(split, "_LOOP_KEYS", 32 if in_place else -1)
 
     g = torch.Generator().manual_seed(P * 31 + n)
     B, H, R, D = 2, 2, 3, 8
@@ -169,6 +174,31 @@ def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_b
         v = torch.cat([pv, sv[:, :, r]], 2)
         b = None if bias is None else DenseBias(bias.bias.view(B, R, H, lq, P + n)[:, r])
         assert_close(out[:, :, r], attention(q[:, :, r], k, v, LogSparse(), kernel="reference", bias=b))
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_split_attention_gradients_equal_the_reference(in_place, monkeypatch):
+    """The gathered LogSparse path (suffix keys read in place or gathered) differentiates
+    like the reference kernel over the concatenated keys, for every input."""
+    import tsformer.attention.split as split
+    from tsformer.attention.patterns import LogSparse
+
+    monkeypatch.setattr(split, "_LOOP_KEYS", 32 if in_place else -1)
+    g = torch.Generator().manual_seed(5)
+    B, H, R, P, n, lq, D = 2, 2, 3, 40, 9, 3, 8
+    xs = [torch.randn(B, H, R, lq, D, generator=g), torch.randn(B, H, P, D, generator=g),
+          torch.randn(B, H, P, D, generator=g), torch.randn(B, H, R, n, D, generator=g),
+          torch.randn(B, H, R, n, D, generator=g)]
+    w = torch.randn(B, H, R, lq, D, generator=g)
+    a = [x.clone().requires_grad_() for x in xs]
+    (split_attention(*a, LogSparse()) * w).sum().backward()
+    b = [x.clone().requires_grad_() for x in xs]
+    q, pk, pv, sk, sv = b
+    ref = torch.stack([attention(q[:, :, r], torch.cat([pk, sk[:, :, r]], 2), torch.cat([pv, sv[:, :, r]], 2),
+                                 LogSparse(), kernel="reference") for r in range(R)], 2)
+    (ref * w).sum().backward()
+    for x, y in zip(a, b):
+        assert_close(x.grad, y.grad)
 
 
 @pytest.mark.parametrize("width", [1, 2, 9, 15, 16, 40])

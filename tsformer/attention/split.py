@@ -8,7 +8,8 @@ pattern, the score bias and the query offset apply to the joined key axis exactl
 any other kernel, so the result equals the reference kernel over the concatenated keys.
 Work is ``O(R l (P + n) D)`` for ``l`` new queries: meant for decoding steps (small ``l``).
 A sparse pattern that lets the queries see at most half the keys (LogSparse: ``O(log L)``
-of them) scores only those, gathered once for all paths: ``O(R l k D)`` for ``k`` keys.
+of them) scores only those, gathered once for all paths: ``O(R l k D)`` for ``k`` keys
+(on CPU each path's few suffix keys are read in place instead of gathered).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from torch import Tensor
 
 from tsformer.attention.bias import ScoreBias
 from tsformer.attention.patterns import Pattern
+
+# On CPU, up to this many gathered suffix keys are read in place, one at a time.
+_LOOP_KEYS = 32
 
 
 def split_attention(
@@ -58,12 +62,20 @@ def split_attention(
     mask = pattern.to_dense(lq, Lk, device=q.device, q_offset=off)  # (l, Lk) or (B, 1, l, Lk)
     dense = None if bias is None else bias.to_dense(lq, Lk, off, q.device, q.dtype)  # (B R | 1, H | 1, l, Lk)
     cols = _few_columns(mask)
+    loop = None  # suffix columns scored one at a time (CPU, a few of them), else None
     if cols is not None:
         # A sparse pattern (LogSparse) lets these queries see a few keys only: score those,
         # not the whole cache (a masked key adds exactly zero to the softmax).
         pre, suf = cols[cols < P], cols[cols >= P] - P
         prefix_k, prefix_v = prefix_k.index_select(-2, pre), prefix_v.index_select(-2, pre)
-        suffix_k, suffix_v = suffix_k.index_select(-2, suf), suffix_v.index_select(-2, suf)
+        if q.device.type == "cpu" and 0 < len(suf) <= _LOOP_KEYS:
+            # Gathering a few keys out of (B, H, R, N, D) copies B H R rows of D floats per
+            # key through index_select's generic strided path: at a forecast step (256 x 4
+            # x 100 rows of 16 floats) about 4x slower than reading each key column in
+            # place below (benchmarks/RESULTS.md, "split attention: suffix keys in place").
+            loop = suf.tolist()
+        else:
+            suffix_k, suffix_v = suffix_k.index_select(-2, suf), suffix_v.index_select(-2, suf)
         mask = mask.index_select(-1, cols)
         dense = None if dense is None else dense.index_select(-1, cols)
         P, Lk = len(pre), len(cols)
@@ -72,7 +84,10 @@ def split_attention(
     q = q * scale  # on the few queries, not on the (R l x Lk) scores
     # (B, H, R l, P): one matmul for every path's queries against the shared prefix.
     s_pre = torch.matmul(q.reshape(B, H, R * lq, D), prefix_k.transpose(-1, -2)).view(B, H, R, lq, P)
-    s_suf = torch.matmul(q, suffix_k.transpose(-1, -2))  # (B, H, R, l, n)
+    if loop is None:
+        s_suf = torch.matmul(q, suffix_k.transpose(-1, -2))  # (B, H, R, l, n)
+    else:  # key j of every path, (B, H, R, 1, D), is a strided view of the buffer
+        s_suf = torch.stack([(q * suffix_k[..., j : j + 1, :]).sum(-1) for j in loop], -1)  # (B, H, R, l, k)
     scores = torch.cat([s_pre, s_suf], dim=-1)  # (B, H, R, l, Lk), a fresh tensor: updated in place
     if dense is not None:
         if dense.shape[0] > 1:
@@ -87,7 +102,11 @@ def split_attention(
     if not bool(mask.any(-1).all()):  # a query with no allowed key: zeros, as the reference gives
         probs = torch.nan_to_num(probs, nan=0.0)
     out = torch.matmul(probs[..., :P].reshape(B, H, R * lq, P), prefix_v).view(B, H, R, lq, -1)
-    return out + torch.matmul(probs[..., P:], suffix_v)
+    if loop is None:
+        return out + torch.matmul(probs[..., P:], suffix_v)
+    for i, j in enumerate(loop):
+        out.addcmul_(probs[..., P + i, None], suffix_v[..., j : j + 1, :])
+    return out
 
 
 def _softmax(scores: Tensor) -> Tensor:
