@@ -76,6 +76,8 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calm-speech-root", default=None,
                     help="task=librispeech data.root (default: the shipped FSDD sample; its 66 calibration utterances "
                          "cannot certify 1%% at delta 0.1: build a bigger one with data/librispeech_sample/prepare.py)")
+    ap.add_argument("--calm-speech-overrides", nargs="*", default=None,
+                    help="more Hydra overrides for the speech run (e.g. data.skip_bad=true)")
     ap.add_argument("--calm-speech-layers", type=int, default=None, help="default 6 (--quick) or 8")
     ap.add_argument("--calm-steps", type=int, default=None, help="training steps (default 150 --quick, else 4000 char LM / 1500 speech)")
     ap.add_argument("--calm-workdir", default=str(ROOT / "outputs" / "bench_calm"))
@@ -216,6 +218,7 @@ def speech_rows(args, device: str) -> list[dict]:
     over = ["task=librispeech", "model=conformer", f"model.n_layers={layers}", f"trainer.max_steps={steps}",
             f"trainer.val_check_interval={max(1, steps // 2)}", "module.exit_heads=true", "module.decoding.method=greedy",
             f"run_dir={run}", *QUIET] + ([f"data.root={root}"] if root else [])
+    over += list(_opt(args, "calm_speech_overrides", []))
     net, dm, _ = _trained(compose_config(over), run)
     net = net.to(device)
     test = _utterances(dm, "test", device)
@@ -314,7 +317,8 @@ def main() -> None:
                 f"{a.calm_delta}; char LM: task=pgbooks, {_opt(a, 'calm_charlm_layers', 6 if a.quick else 12)} "
                 f"layers, d_model {_opt(a, 'calm_charlm_d_model', 64 if a.quick else 256)}, context "
                 f"{_opt(a, 'calm_charlm_context', 128 if a.quick else 512)}, greedy, consistency = share of characters equal to the full model's; speech: "
-                f"task=librispeech (data.root {_opt(a, 'calm_speech_root', None) or 'the shipped FSDD sample'}), "
+                f"task=librispeech (data.root {_opt(a, 'calm_speech_root', None) or 'the shipped FSDD sample'}"
+                f"{' '.join([''] + list(_opt(a, 'calm_speech_overrides', [])))}), "
                 f"Conformer-CTC {_opt(a, 'calm_speech_layers', 6 if a.quick else 8)} layers, "
                 "greedy CTC, consistency = 1 - mean per-utterance WER increase. Speedup: batch-1 wall time, "
                 "full model / early exit.\n\n" + table(rows))

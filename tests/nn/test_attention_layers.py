@@ -127,19 +127,31 @@ def test_relative_positions_through_bias_equal_the_dense_formula():
 
 
 def _spare_buffer(t: Tensor, spare: int) -> Tensor:
-    """``t (B, H, R, n, D)`` followed by ``spare`` NaN positions: a cache buffer of which only
-    the first ``n`` are written (a read of the rest would show as NaN)."""
-    return torch.cat([t, torch.full((*t.shape[:3], spare, t.shape[-1]), float("nan"))], 3)
+    """``t (B, H, R, n, D)`` as a position-major cache buffer ``(B, n + spare, R, H, D)`` of
+    which only the first ``n`` positions are written (a read of the rest shows as NaN)."""
+    return torch.cat([t, torch.full((*t.shape[:3], spare, t.shape[-1]), float("nan"))], 3).permute(0, 3, 2, 1, 4)
+
+
+def _split(q: Tensor, pk, pv, sk, sv, pattern, spare: int = 0, **kw) -> Tensor:
+    """split_attention on head-major ``q (B, H, R, l, D)`` and suffixes ``(B, H, R, n, D)``
+    (the layout the reference loop below slices), returning ``(B, H, R, l, D)``."""
+    out = split_attention(q.transpose(1, 2), pk, pv, _spare_buffer(sk, spare), _spare_buffer(sv, spare), pattern,
+                          suffix_len=sk.shape[3], **kw)
+    return out.transpose(1, 2)
 
 
 @pytest.mark.parametrize("spare", [0, 3])
-def test_split_attention_equals_reference_over_concatenated_keys(spare):
+@pytest.mark.parametrize("in_place", [True, False])
+def test_split_attention_equals_reference_over_concatenated_keys(spare, in_place, monkeypatch):
+    import tsformer.attention.split as split
+
+    monkeypatch.setattr(split, "_LOOP_KEYS", 32 if in_place else -1)
     g = torch.Generator().manual_seed(0)
     B, H, R, P, n, lq, D = 2, 2, 3, 5, 4, 2, 8
     q = torch.randn(B, H, R, lq, D, generator=g)
     pk, pv = torch.randn(B, H, P, D, generator=g), torch.randn(B, H, P, D, generator=g)
     sk, sv = torch.randn(B, H, R, n, D, generator=g), torch.randn(B, H, R, n, D, generator=g)
-    out = split_attention(q, pk, pv, _spare_buffer(sk, spare), _spare_buffer(sv, spare), Causal(), suffix_len=n)
+    out = _split(q, pk, pv, sk, sv, Causal(), spare)
     for r in range(R):
         k = torch.cat([pk, sk[:, :, r]], 2)
         v = torch.cat([pv, sv[:, :, r]], 2)
@@ -167,8 +179,7 @@ def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_b
     pk, pv = torch.randn(B, H, P, D, generator=g), torch.randn(B, H, P, D, generator=g)
     sk, sv = torch.randn(B, H, R, n, D, generator=g), torch.randn(B, H, R, n, D, generator=g)
     bias = DenseBias(torch.randn(B * R, H, lq, P + n, generator=g)) if with_bias else None
-    out = split_attention(q, pk, pv, _spare_buffer(sk, spare), _spare_buffer(sv, spare), LogSparse(), bias=bias,
-                          suffix_len=n)
+    out = _split(q, pk, pv, sk, sv, LogSparse(), spare, bias=bias)
     for r in range(R):
         k = torch.cat([pk, sk[:, :, r]], 2)
         v = torch.cat([pv, sv[:, :, r]], 2)
@@ -191,7 +202,7 @@ def test_split_attention_gradients_equal_the_reference(in_place, monkeypatch):
           torch.randn(B, H, R, n, D, generator=g)]
     w = torch.randn(B, H, R, lq, D, generator=g)
     a = [x.clone().requires_grad_() for x in xs]
-    (split_attention(*a, LogSparse()) * w).sum().backward()
+    (_split(*a, LogSparse()) * w).sum().backward()
     b = [x.clone().requires_grad_() for x in xs]
     q, pk, pv, sk, sv = b
     ref = torch.stack([attention(q[:, :, r], torch.cat([pk, sk[:, :, r]], 2), torch.cat([pv, sv[:, :, r]], 2),

@@ -64,7 +64,7 @@ class KVCache:
     state: dict[str, Any] = field(default_factory=dict)
     _k: Tensor | None = field(default=None, repr=False)  # (B, H, max_len, D), or the prefix (B, H, P, D)
     _v: Tensor | None = field(default=None, repr=False)
-    _sk: Tensor | None = field(default=None, repr=False)  # (B, H, R, max_len - P, D) when R > 1
+    _sk: Tensor | None = field(default=None, repr=False)  # (B, max_len - P, R, H, D) when R > 1
     _sv: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -92,8 +92,10 @@ class KVCache:
         if self.shared:
             self._k, self._v = k, v
             # Uninitialised: only the first n suffix positions, written by append, are read.
-            self._sk = k.new_empty(B, H, self.repeat, self.max_len - P, D)
-            self._sv = v.new_empty(B, H, self.repeat, self.max_len - P, v.shape[-1])
+            # Position-major: a step's keys (path-major, as steps produce them) and a key of
+            # every path are contiguous blocks (see split_attention).
+            self._sk = k.new_empty(B, self.max_len - P, self.repeat, H, D)
+            self._sv = v.new_empty(B, self.max_len - P, self.repeat, H, v.shape[-1])
         else:
             self._k = k.new_empty(B, H, self.max_len, D)
             self._v = v.new_empty(B, H, self.max_len, v.shape[-1])
@@ -106,8 +108,8 @@ class KVCache:
         if self.length + lq > self.max_len:
             raise ValueError(f"cache full: {self.length} + {lq} positions exceed max_len={self.max_len}")
         if self.shared:
-            self._sk[:, :, :, self.n : self.n + lq] = k.view(B, R, H, lq, D).transpose(1, 2)
-            self._sv[:, :, :, self.n : self.n + lq] = v.view(B, R, H, lq, -1).transpose(1, 2)
+            self._sk[:, self.n : self.n + lq] = k.view(B, R, H, lq, D).permute(0, 3, 1, 2, 4)
+            self._sv[:, self.n : self.n + lq] = v.view(B, R, H, lq, -1).permute(0, 3, 1, 2, 4)
         else:
             t = self.length
             self._k[:, :, t : t + lq], self._v[:, :, t : t + lq] = k, v
@@ -134,12 +136,13 @@ class KVCache:
     def suffix(self) -> tuple[Tensor, Tensor]:
         """Each path's keys and values after the prefix, ``(B, H, R, n, D)`` views."""
         if self.shared:
-            return self._sk[:, :, :, : self.n], self._sv[:, :, :, : self.n]
+            return self._sk[:, : self.n].permute(0, 3, 2, 1, 4), self._sv[:, : self.n].permute(0, 3, 2, 1, 4)
         P, t = self.prefix_len, self.length
         return self._k[:, :, None, P:t], self._v[:, :, None, P:t]
 
     def suffix_buffers(self) -> tuple[Tensor, Tensor, int]:
-        """The suffix buffers ``(B, H, R, max_len - P, D)`` whole (shared caches only) and
+        """The suffix buffers ``(B, max_len - P, R, H, D)`` whole (shared caches only:
+        position-major, as :func:`~tsformer.attention.split.split_attention` takes them) and
         ``n``, the positions of them written (what :meth:`suffix` returns as views)."""
         if not self.shared:
             raise ValueError("suffix_buffers() is for caches shared by several paths; use suffix()")

@@ -250,9 +250,9 @@ class AttentionLayer(nn.Module):
         if self.persistent is not None:
             mk, mv = self.persistent(B, heads)
             pk, pv = torch.cat([mk.to(pk.dtype), pk], 2), torch.cat([mv.to(pv.dtype), pv], 2)
-        qp = q.view(B, R, H, lq, D).transpose(1, 2)  # (B, h, R, l, D)
-        out = split_attention(qp, pk, pv, sk[:, heads], sv[:, heads], pattern, bias=bias, suffix_len=n)
-        return out.transpose(1, 2).reshape(BR, H, lq, -1)
+        qp = q.reshape(B, R, H, lq, D)  # path-major, as the step's rows are
+        out = split_attention(qp, pk, pv, sk[:, :, :, heads], sv[:, :, :, heads], pattern, bias=bias, suffix_len=n)
+        return out.view(BR, H, lq, -1)
 
     @staticmethod
     def merge(o: Tensor) -> Tensor:
