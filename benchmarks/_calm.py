@@ -71,6 +71,7 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calm-parts", nargs="+", default=["charlm", "speech"], choices=["charlm", "speech"])
     ap.add_argument("--calm-charlm-data", default=None, help="task=pgbooks data.path (default: the shipped excerpt)")
     ap.add_argument("--calm-charlm-layers", type=int, default=None, help="default 6 (--quick) or 12")
+    ap.add_argument("--calm-charlm-overrides", nargs="*", default=None, help="more Hydra overrides for the char-LM run")
     ap.add_argument("--calm-charlm-d-model", type=int, default=None, help="default 64 (--quick) or 256; d_ff = 4 d_model")
     ap.add_argument("--calm-charlm-context", type=int, default=None, help="default 128 (--quick) or 512")
     ap.add_argument("--calm-speech-root", default=None,
@@ -125,6 +126,7 @@ def charlm_rows(args, device: str) -> list[dict]:
     run = work / f"charlm_{layers}l_d{d}_c{ctx}_{steps}{'_quick' if quick else ''}"
     over = ["task=pgbooks", f"model.n_layers={layers}", "model.window=64", "model.dilation=1",
             "module.exit_heads=true", f"run_dir={run}", *size, *QUIET] + ([f"data.path={data}"] if data else [])
+    over += list(_opt(args, "calm_charlm_overrides", []))
     net, dm, _ = _trained(compose_config(over), run)
     net = net.to(device)
     n_cal, n_test, plen, glen = (500, 300, 32, 8) if quick else (2000, 1000, 128, 32)
