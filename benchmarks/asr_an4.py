@@ -156,7 +156,8 @@ def main() -> None:
                             "dev_wer": m.get("dev/wer"), "decoding": decoding,
                             "test_wer_greedy": again["greedy"], "test_wer_beam_no_lm": again["beam_no_lm"],
                             "lm_weight": w, "insertion_bonus": b, "train_loss_first": first, "train_loss_last": last,
-                            "train_steps_per_second": sps})
+                            "train_steps_per_second": sps, "date": f"{dt.datetime.now():%Y-%m-%d %H:%M}",
+                            "torch_threads": torch.get_num_threads(), "machine": platform.node()})
             print(records[-1], flush=True)
 
     threads = torch.get_num_threads()
@@ -190,7 +191,13 @@ def main() -> None:
     print(text)
     (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
     name = "asr_an4_quick.json" if args.quick else "asr_an4.json"
-    (REPO / "benchmarks" / "results" / name).write_text(json.dumps(records, indent=1) + "\n")
+    # Merge into the runs kept there, by (model, seed): a run of one model or seed (the full
+    # recipe is 3 h of CPU) replaces its own entries and keeps the others.
+    out = REPO / "benchmarks" / "results" / name
+    kept = json.loads(out.read_text()) if out.exists() else []
+    done = {(r["model"], r["seed"]) for r in records}
+    merged = [r for r in kept if (r.get("model"), r.get("seed")) not in done] + records
+    out.write_text(json.dumps(merged, indent=1) + "\n")
     with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
         f.write(text)
 
