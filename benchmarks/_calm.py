@@ -73,6 +73,10 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calm-charlm-layers", type=int, default=None, help="default 6 (--quick) or 12")
     ap.add_argument("--calm-charlm-overrides", nargs="*", default=None, help="more Hydra overrides for the char-LM run")
     ap.add_argument("--calm-charlm-d-model", type=int, default=None, help="default 64 (--quick) or 256; d_ff = 4 d_model")
+    ap.add_argument("--calm-charlm-prompts", type=int, nargs=2, default=None, metavar=("CAL", "TEST"),
+                    help="calibration and test prompts (default 500 300 --quick, else 600 300)")
+    ap.add_argument("--calm-charlm-prompt-len", type=int, default=None, help="characters per prompt (default 32 / 64)")
+    ap.add_argument("--calm-charlm-gen-len", type=int, default=None, help="greedy characters per prompt (default 8 / 32)")
     ap.add_argument("--calm-charlm-context", type=int, default=None, help="default 128 (--quick) or 512")
     ap.add_argument("--calm-speech-root", default=None,
                     help="task=librispeech data.root (default: the shipped FSDD sample; its 66 calibration utterances "
@@ -129,7 +133,12 @@ def charlm_rows(args, device: str) -> list[dict]:
     over += list(_opt(args, "calm_charlm_overrides", []))
     net, dm, _ = _trained(compose_config(over), run)
     net = net.to(device)
-    n_cal, n_test, plen, glen = (500, 300, 32, 8) if quick else (2000, 1000, 128, 32)
+    # Every candidate threshold decodes all calibration prompts (prompt included): 600 prompts
+    # of 64 + 32 characters keep a 12-layer model's calibration in minutes on one core; LTT
+    # needs log(delta) / log(1 - tolerance) of them at least (460 at 0.5%, delta 0.1).
+    n_cal, n_test = _opt(args, "calm_charlm_prompts", (500, 300) if quick else (600, 300))
+    plen = int(_opt(args, "calm_charlm_prompt_len", 32 if quick else 64))
+    glen = int(_opt(args, "calm_charlm_gen_len", 8 if quick else 32))
     cal = held_out_prompts(dm.ids["val"], n_cal, plen, glen, 0).to(device)
     test = held_out_prompts(dm.ids["test"], n_test, plen, glen, 1).to(device)
     max_ctx = net.encoder.max_tokens
