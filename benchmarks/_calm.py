@@ -322,21 +322,19 @@ def main() -> None:
     old = json.loads(out.read_text()) if out.exists() else []
     out.write_text(json.dumps(old + [{**stamp, **r} for r in rows], indent=1, default=str) + "\n")
     with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-        parts = _opt(a, "calm_parts", ["charlm", "speech"])
+        # Described from the rows (what was run), not from the defaults again.
         what = []
-        if "charlm" in parts:
-            what.append(f"char LM: task=pgbooks, {_opt(a, 'calm_charlm_layers', 6 if a.quick else 12)} layers, d_model "
-                        f"{_opt(a, 'calm_charlm_d_model', 64 if a.quick else 256)}, context "
-                        f"{_opt(a, 'calm_charlm_context', 128 if a.quick else 512)}, {_opt(a, 'calm_steps', 150 if a.quick else 4000)} "
-                        f"steps, prompts of {_opt(a, 'calm_charlm_prompt_len', 32 if a.quick else 64)} characters (calibration "
-                        "from the validation book, test from the test book) continued greedily by "
-                        f"{_opt(a, 'calm_charlm_gen_len', 8 if a.quick else 32)}, consistency = share of "
-                        "characters equal to the full model's")
-        if "speech" in parts:
+        lm = next((r for r in rows if r["task"] == "charlm"), None)
+        if lm:
+            what.append(f"char LM: task=pgbooks, {lm['layers']} layers, d_model {lm['d_model']}, context "
+                        f"{lm['context']}, {lm['train_steps']} steps, prompts of {lm['prompt_len']} characters "
+                        "(calibration from the validation book, test from the test book) continued greedily by "
+                        f"{lm['generated']}, consistency = share of characters equal to the full model's")
+        sp = next((r for r in rows if r["task"] == "speech"), None)
+        if sp:
             what.append(f"speech: task=librispeech (data.root {_opt(a, 'calm_speech_root', None) or 'the shipped FSDD sample'}"
                         f"{' '.join([''] + list(_opt(a, 'calm_speech_overrides', [])))}), Conformer-CTC "
-                        f"{_opt(a, 'calm_speech_layers', 6 if a.quick else 8)} layers, greedy CTC, consistency = 1 - mean "
-                        "per-utterance WER increase")
+                        f"{sp['layers']} layers, greedy CTC, consistency = 1 - mean per-utterance WER increase")
         f.write(f"\n### CALM early exit ({'--quick, ' if a.quick else ''}{stamp['date']}, {stamp['machine']}, "
                 f"{a.threads} threads, load {stamp['load_avg']:.1f}, {took:.0f} s)\n\n"
                 f"`PYTHONPATH=. python {' '.join(sys.argv)}`; delta {a.calm_delta}; " + "; ".join(what) +

@@ -142,12 +142,13 @@ def _split(q: Tensor, pk, pv, sk, sv, pattern, spare: int = 0, **kw) -> Tensor:
 
 @pytest.mark.parametrize("spare", [0, 3])
 @pytest.mark.parametrize("in_place", [True, False])
-def test_split_attention_equals_reference_over_concatenated_keys(spare, in_place, monkeypatch):
+@pytest.mark.parametrize("lq", [1, 2])
+def test_split_attention_equals_reference_over_concatenated_keys(spare, in_place, lq, monkeypatch):
     import tsformer.attention.split as split
 
     monkeypatch.setattr(split, "_LOOP_KEYS", 32 if in_place else -1)
     g = torch.Generator().manual_seed(0)
-    B, H, R, P, n, lq, D = 2, 2, 3, 5, 4, 2, 8
+    B, H, R, P, n, D = 2, 2, 3, 5, 4, 8
     q = torch.randn(B, H, R, lq, D, generator=g)
     pk, pv = torch.randn(B, H, P, D, generator=g), torch.randn(B, H, P, D, generator=g)
     sk, sv = torch.randn(B, H, R, n, D, generator=g), torch.randn(B, H, R, n, D, generator=g)
@@ -188,7 +189,8 @@ def test_split_attention_gathers_sparse_keys_like_the_reference(P, n, lq, with_b
 
 
 @pytest.mark.parametrize("in_place", [True, False])
-def test_split_attention_gradients_equal_the_reference(in_place, monkeypatch):
+@pytest.mark.parametrize("lq", [1, 3])
+def test_split_attention_gradients_equal_the_reference(in_place, lq, monkeypatch):
     """The gathered LogSparse path (suffix keys read in place or gathered) differentiates
     like the reference kernel over the concatenated keys, for every input."""
     import tsformer.attention.split as split
@@ -196,7 +198,7 @@ def test_split_attention_gradients_equal_the_reference(in_place, monkeypatch):
 
     monkeypatch.setattr(split, "_LOOP_KEYS", 32 if in_place else -1)
     g = torch.Generator().manual_seed(5)
-    B, H, R, P, n, lq, D = 2, 2, 3, 40, 9, 3, 8
+    B, H, R, P, n, D = 2, 2, 3, 40, 9, 8
     xs = [torch.randn(B, H, R, lq, D, generator=g), torch.randn(B, H, P, D, generator=g),
           torch.randn(B, H, P, D, generator=g), torch.randn(B, H, R, n, D, generator=g),
           torch.randn(B, H, R, n, D, generator=g)]

@@ -20,7 +20,7 @@ from torch import Tensor
 from tsformer.attention.bias import ScoreBias
 from tsformer.attention.patterns import Pattern
 
-# On CPU, up to this many gathered suffix keys are read in place, one at a time.
+# On CPU, a step of one query per path reads up to this many suffix keys in place, one at a time.
 _LOOP_KEYS = 32
 
 
@@ -76,15 +76,18 @@ def split_attention(
         dense = None if dense is None else dense.index_select(-1, cols)
         P, Lk = len(pre), len(cols)
     k_suf = n if suf is None else len(suf)
-    # Few suffix keys on CPU: read each key column in place (one contiguous block per
-    # element) rather than gather them and multiply in a batched matmul of B R H tiny
-    # matrices (benchmarks/RESULTS.md, "split attention: suffix keys in place").
-    loop = q.device.type == "cpu" and 0 < k_suf <= _LOOP_KEYS
-    if not loop:
+    # One query per path and few suffix keys, on CPU: read each key column in place (one
+    # contiguous block per element) rather than gather them and multiply in a batched
+    # matmul of B R H tiny matrices (benchmarks/RESULTS.md, "split attention: suffix keys in
+    # place": 2.98x for a LogSparse step; 1.4x for a causal one). With several queries per
+    # path the matmul wins again (0.85x for the loop at 4 causal queries).
+    loop = q.device.type == "cpu" and lq == 1 and 0 < k_suf <= _LOOP_KEYS
+    if loop:
+        cols_suf = list(range(n)) if suf is None else suf.tolist()
+    else:
         # (B, R, H, k, D): the scored keys, path-major like the queries.
         pick = (lambda t: t[:, :n]) if suf is None else (lambda t: t.index_select(1, suf))
         suffix_k, suffix_v = pick(suffix_k).permute(0, 2, 3, 1, 4), pick(suffix_v).permute(0, 2, 3, 1, 4)
-    cols_suf = list(range(n)) if suf is None else suf.tolist()
     q = q * scale  # on the few queries, not on the (R l x Lk) scores
     # (B, H, R l, P): one matmul for every path's queries against the shared prefix.
     qh = q.transpose(1, 2).reshape(B, H, R * lq, D)
@@ -118,6 +121,8 @@ def _softmax(scores: Tensor) -> Tensor:
     if scores.shape[-1] >= 16 or scores.device.type != "cpu":
         return torch.softmax(scores, -1)
     e = (scores - scores.amax(-1, keepdim=True)).exp_()
+    if torch.is_grad_enabled() and e.requires_grad:  # the in-place division would break backward
+        return e / e.sum(-1, keepdim=True)
     return e.div_(e.sum(-1, keepdim=True))
 
 
