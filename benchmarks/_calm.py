@@ -78,6 +78,8 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calm-charlm-prompt-len", type=int, default=None, help="characters per prompt (default 32 / 64)")
     ap.add_argument("--calm-charlm-gen-len", type=int, default=None, help="greedy characters per prompt (default 8 / 32)")
     ap.add_argument("--calm-charlm-context", type=int, default=None, help="default 128 (--quick) or 512")
+    ap.add_argument("--calm-position-temps", type=float, nargs="+", default=None,
+                    help="char LM: tau of CALM's position-adjusted threshold per row set, 0 = constant (default: 0)")
     ap.add_argument("--calm-speech-root", default=None,
                     help="task=librispeech data.root (default: the shipped FSDD sample; its 66 calibration utterances "
                          "cannot certify 1%% at delta 0.1: build a bigger one with data/librispeech_sample/prepare.py)")
@@ -147,6 +149,7 @@ def charlm_rows(args, device: str) -> list[dict]:
         return generate_tokens(net, prompts, glen, 0.0, None, True, max_ctx)[:, plen:]
 
     ref_cal, ref_test = full(cal), full(test)
+    oracle = oracle_layers(net, test, ref_test)
     # Wall time: one long continuation of one test prompt, batch 1.
     long_steps = 200 if quick else 1000
     one = test[:1]
@@ -154,25 +157,30 @@ def charlm_rows(args, device: str) -> list[dict]:
     _, t_full = _timed(lambda: generate_tokens(net, one, long_steps, 0.0, None, True, max_ctx))  # warm
     cands = candidate_thresholds(16)
     rows = []
-    for measure in ("softmax", "state"):
+    temps = [float(t) or None for t in _opt(args, "calm_position_temps", [0.0])]
+    for measure, temp in [(m, t) for t in temps for m in ("softmax", "state")]:
         seen: dict[float, torch.Tensor] = {}
 
-        def losses(t: float, measure=measure, seen=seen):
+        def rule(t: float, measure=measure, temp=temp) -> EarlyExit:
+            return EarlyExit(measure, t, readout=net.readout, position_temp=temp)
+
+        def losses(t: float, rule=rule, seen=seen):
             if t not in seen:
-                out = early_exit_tokens(net, cal, glen, EarlyExit(measure, t, readout=net.readout), 0.0, None, max_ctx)
+                out = early_exit_tokens(net, cal, glen, rule(t), 0.0, None, max_ctx)
                 seen[t] = token_mismatch(out[:, plen:], ref_cal).cpu()
             return seen[t]
 
         for tol in _opt(args, "calm_tolerances", [0.005, 0.01, 0.05]):
             c = calibrate_threshold(cands, losses, tol, float(_opt(args, "calm_delta", 0.1)))
-            policy = EarlyExit(measure, c.threshold, readout=net.readout)
+            policy = rule(c.threshold)
             out = early_exit_tokens(net, test, glen, policy, 0.0, None, max_ctx)
             mismatch = float(token_mismatch(out[:, plen:], ref_test).mean())
-            timing = EarlyExit(measure, c.threshold, readout=net.readout)
+            timing = rule(c.threshold)
             _, t_exit = _timed(lambda timing=timing: early_exit_tokens(net, one, long_steps, timing, 0.0, None, max_ctx))
             p = next((pv for t, _, pv in c.tested if t == c.threshold), float("nan"))
             rows.append({
-                "task": "charlm", "method": "calm", "setting": f"{measure}, tolerance {tol:g}",
+                "task": "charlm", "method": "calm",
+                "setting": f"{measure}{f' (position tau {temp:g})' if temp else ''}, tolerance {tol:g}",
                 "quality": None, "consistency": 1.0 - mismatch, "tolerance_met": mismatch <= tol,
                 "avg_layers": policy.avg_layers, "layers": layers, "layer_share": policy.avg_layers / layers,
                 "long_avg_layers": timing.avg_layers, "passes_per_token": 1.0,
@@ -180,10 +188,25 @@ def charlm_rows(args, device: str) -> list[dict]:
                 "threshold": None if c.threshold == NEVER else c.threshold, "p_value": p,
                 "calibration_n": c.n, "test_n": len(test), "generated": glen, "measure": measure,
                 "tolerance": tol, "delta": c.delta, "d_model": d,
-                "context": ctx, "train_steps": steps, "prompt_len": plen,
+                "context": ctx, "train_steps": steps, "prompt_len": plen, "position_temp": temp,
+                "oracle_avg_layers": oracle,
             })
             print(_line(rows[-1]), flush=True)
     return rows
+
+
+@torch.no_grad()
+def oracle_layers(net, prompts, continuation) -> float:
+    """The layers an oracle would use per generated character: the first layer whose head's
+    argmax is the full model's, on the full model's own states (teacher-forced on its greedy
+    ``continuation``, so no exit ever changes what follows). A bound no confidence measure
+    reaches; it tells how much depth the model's intermediate heads could save at all."""
+    tokens = torch.cat([prompts, continuation], dim=1)[:, :-1]
+    plen = prompts.shape[1]
+    preds = torch.stack([net.readout(h[:, plen - 1:]).argmax(-1) for h in net.hidden_states(tokens)])  # (n, B, g)
+    agree = preds == preds[-1:]
+    first = agree.float().argmax(0) + 1  # first agreeing layer, 1-based (the last always agrees)
+    return float(first.float().mean())
 
 
 # -- speech -------------------------------------------------------------------------------------
@@ -296,7 +319,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         th = "never" if r["threshold"] is None else f"{r['threshold']:.4f}"
         q = "" if r.get("quality") is None else f"WER {r['quality']:.4f} (full {r['full_quality']:.4f})"
-        body += (f"| {r['task']} | {r['measure']} | {r['tolerance']:g} | {th} | {r['calibration_n']} | "
+        meas = r["measure"] + (f", position tau {r['position_temp']:g}" if r.get("position_temp") else "")
+        body += (f"| {r['task']} | {meas} | {r['tolerance']:g} | {th} | {r['calibration_n']} | "
                  f"{r['consistency']:.4f} | {'yes' if r['tolerance_met'] else 'no'} | {q} | "
                  f"{r['avg_layers']:.2f} / {r['layers']} | {r['layer_share']:.0%} | {r['wall_s']:.2f} | "
                  f"{r['speedup']:.2f}x |\n")
@@ -329,7 +353,9 @@ def main() -> None:
             what.append(f"char LM: task=pgbooks, {lm['layers']} layers, d_model {lm['d_model']}, context "
                         f"{lm['context']}, {lm['train_steps']} steps, prompts of {lm['prompt_len']} characters "
                         "(calibration from the validation book, test from the test book) continued greedily by "
-                        f"{lm['generated']}, consistency = share of characters equal to the full model's")
+                        f"{lm['generated']}, consistency = share of characters equal to the full model's; an oracle "
+                        "exiting at the first layer whose head agrees with the full model (on the full model's "
+                        f"states) would use {lm['oracle_avg_layers']:.2f} of {lm['layers']} layers")
         sp = next((r for r in rows if r["task"] == "speech"), None)
         if sp:
             what.append(f"speech: task=librispeech (data.root {_opt(a, 'calm_speech_root', None) or 'the shipped FSDD sample'}"

@@ -82,6 +82,10 @@ def test_generate_threshold_that_never_exits_is_the_full_model(lm, capsys, tempe
     assert out.out == full and layers_used(out.err) == (3.0, 3)
     assert main([*common, "decode.early_exit.threshold=0"]) == 0  # softmax margins are >= 0: exit at layer 1
     assert layers_used(capsys.readouterr().err) == (1.0, 3)
+    # The position-adjusted threshold only lowers thresholds: inf stays the full model.
+    assert main([*common, "decode.early_exit.threshold=inf", "decode.early_exit.position_temp=4"]) == 0
+    out = capsys.readouterr()
+    assert out.out == full and layers_used(out.err) == (3.0, 3)
 
 
 def test_generate_early_exit_errors(lm, tmp_path, capsys):
@@ -96,6 +100,7 @@ def test_generate_early_exit_errors(lm, tmp_path, capsys):
         ([f"run={run}", "decode=jacobi", "decode.early_exit.threshold=0.5"], "use decode=sequential"),
         ([f"run={run}", "decode.early_exit.measure=state"], "decode.early_exit.tolerance"),
         ([f"run={run}", "decode.early_exit.threshold=0.5", "decode.early_exit.measure=loud"], "softmax, state"),
+        ([f"run={run}", "decode.early_exit.threshold=0.5", "decode.early_exit.position_temp=0"], "must be > 0"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
@@ -189,6 +194,9 @@ def test_forecast_threshold_that_never_exits_is_the_full_model(fc, tmp_path, cap
     with pytest.raises(SystemExit) as e:  # the forecaster's outputs are not tokens
         main([*common, "decode.early_exit.threshold=0.5", "decode.early_exit.measure=softmax"])
     assert e.value.code == 2 and "state, classifier" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the position-adjusted threshold is for text generation
+        main([*common, "decode.early_exit.threshold=0.5", "decode.early_exit.position_temp=4"])
+    assert e.value.code == 2 and "position_temp" in capsys.readouterr().err
 
 
 # -- speech: python -m tsformer.transcribe --------------------------------------------------------

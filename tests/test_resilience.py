@@ -16,7 +16,13 @@ import torch
 
 from tests.conftest import make_long_csv
 from tests.test_train import TINY
-from tsformer.callbacks import CheckpointError, NonFiniteGuard, find_resume_checkpoint, load_checkpoint
+from tsformer.callbacks import (
+    CheckpointError,
+    NonFiniteGuard,
+    WeightEMA,
+    find_resume_checkpoint,
+    load_checkpoint,
+)
 from tsformer.train import REPO_ROOT, compose_config, train
 
 
@@ -112,6 +118,68 @@ def test_nonfinite_guard_stops_naming_step():
     model = _Toy(bad_steps=set(range(3, 100)))
     with pytest.raises(FloatingPointError, match=r"3 consecutive non-finite steps, the last at step \d+ \(batch 5"):
         _fit(model, NonFiniteGuard(max_consecutive=3), 20)
+
+
+# -- weight averaging ------------------------------------------------------------------
+def test_weight_ema_follows_raw_weights_until_start_then_averages():
+    decay, start, steps = 0.8, 3, 7
+    raw = []
+
+    class Spy(pl.Callback):  # before WeightEMA in the list: sees each step's raw weights first
+        def on_train_batch_end(self, trainer, m, out, batch, i):
+            raw.append(m.lin.weight.detach().clone())
+
+    model = _Toy(bad_steps=set())
+    trainer = pl.Trainer(max_steps=steps, callbacks=[Spy(), WeightEMA(decay, start_step=start)], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    trainer.fit(model)
+    expect = raw[start - 1]  # the steps before start_step: the average is the raw weights
+    for w in raw[start:]:
+        expect = decay * expect + (1 - decay) * w
+    assert len(raw) == steps and not torch.allclose(expect, raw[-1])
+    torch.testing.assert_close(model.lin.weight.detach(), expect)  # training ends with the average
+
+
+def test_weight_ema_checkpoint_tests_the_average(tmp_path):
+    saved = tmp_path / "mid.ckpt"
+
+    class SaveAt(pl.Callback):  # a best.ckpt written mid-training, while raw and average differ
+        def on_train_batch_end(self, trainer, m, out, batch, i):
+            if trainer.global_step == 5:
+                trainer.save_checkpoint(saved)
+
+    class Tested(_Toy):
+        def test_step(self, batch, i):
+            self.seen = self.lin.weight.detach().clone()
+
+        def test_dataloader(self):
+            return self.train_dataloader()
+
+    model = Tested(bad_steps=set())
+    trainer = pl.Trainer(max_steps=8, callbacks=[WeightEMA(0.5, start_step=1), SaveAt()], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    trainer.fit(model)
+    trainer.test(model, ckpt_path=str(saved), verbose=False)
+    ckpt = load_checkpoint(saved)
+    assert not torch.equal(ckpt["state_dict"]["lin.weight"], ckpt["current_model_state"]["lin.weight"])
+    torch.testing.assert_close(model.seen, ckpt["state_dict"]["lin.weight"])  # the average, not the raw weights
+
+
+@pytest.mark.parametrize("decay,start,match", [(1.0, 0, "decay"), (0.0, 0, "decay"), (0.9, -1, "start_step")])
+def test_weight_ema_rejects_bad_settings(decay, start, match):
+    with pytest.raises(ValueError, match=f"weight_averaging.{match}"):
+        WeightEMA(decay, start)
+
+
+def test_weight_averaging_config_runs(tmp_path, series):
+    run = tmp_path / "run"
+    train(compose_config(TINY + [f"data.path={series}", f"run_dir={run}", "weight_averaging.decay=0.9",
+                                 "weight_averaging.start_step=2"]))
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert "current_model_state" in ckpt  # the average in state_dict, the raw weights kept for resuming
+    assert any(not torch.equal(ckpt["state_dict"][k], v) for k, v in ckpt["current_model_state"].items())
 
 
 # -- kill and resume -------------------------------------------------------------------

@@ -15,9 +15,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelSummary, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import EMAWeightAveraging, ModelSummary, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar
 from pytorch_lightning.callbacks.progress.rich_progress import _RICH_AVAILABLE
+from pytorch_lightning.trainer.states import TrainerFn
 
 log = logging.getLogger("tsformer")
 
@@ -206,6 +207,46 @@ class RNGState(pl.Callback):
 
 # -- what the console shows ------------------------------------------------------------
 STEPS_DESCRIPTION = "Steps"
+
+
+class WeightEMA(EMAWeightAveraging):
+    """An exponential moving average of the weights from ``start_step`` on (Polyak averaging).
+
+    Lightning's :class:`EMAWeightAveraging` swaps the average in for validation, puts it in
+    every checkpoint's ``state_dict`` (the raw weights ride along for resuming) and copies it
+    into the model when training ends. Its average before the first update is the initial
+    weights, which would make every validation before ``start_step`` score an untrained
+    model; here the average follows the raw weights exactly until ``start_step``.
+
+    Args:
+        decay: the EMA decay per optimizer step (0.995: a window of about 200 steps).
+        start_step: the first optimizer step (0-based) folded into the average.
+    """
+
+    def __init__(self, decay: float, start_step: int = 0) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"weight_averaging.decay: {decay} is not in (0, 1)")
+        if start_step < 0:
+            raise ValueError(f"weight_averaging.start_step: {start_step} is negative")
+        super().__init__(decay=decay)
+        self.start_step = start_step
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._average_model is not None and trainer.global_step - 1 < self.start_step:
+            self._average_model.n_averaged.zero_()  # the next update copies the raw weights
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # Lightning's hook reloads the raw weights whenever the average model exists, which
+        # after fit() would make test(ckpt_path=best) score the raw weights; only resuming a
+        # fit wants them, every other stage the average already in "state_dict".
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 def step_budget(trainer: pl.Trainer) -> int | None:

@@ -222,7 +222,7 @@ def early_exit_options(decode: dict[str, Any], default_measure: str, measures: t
         where: what the user decodes (for messages), e.g. ``"forecasts"``.
     Returns:
         ``measure``, ``tolerance``, ``delta``, ``threshold`` (float or None), ``calibration``
-        (path or None) and ``examples``.
+        (path or None), ``examples`` and ``position_temp`` (float or None; generation only).
     Raises:
         SystemExit: a bad value or a missing companion key, naming the key.
     """
@@ -242,8 +242,10 @@ def early_exit_options(decode: dict[str, Any], default_measure: str, measures: t
         raise SystemExit(f"decode.early_exit with decode={decode.get('method')}: early exit decides per position, "
                          "one position per forward pass; use decode=sequential")
     out = {"measure": measure, "tolerance": None, "delta": 0.1, "threshold": None, "calibration": None,
-           "examples": 100}
+           "examples": 100, "position_temp": None}
     try:
+        if ee.get("position_temp") is not None:
+            out["position_temp"] = float(ee["position_temp"])
         if ee.get("threshold") is not None:
             out["threshold"] = float(ee["threshold"])
         else:
@@ -266,6 +268,12 @@ def early_exit_options(decode: dict[str, Any], default_measure: str, measures: t
             raise SystemExit(f"decode.early_exit.calibration={out['calibration']}: no such file or folder")
     if out["examples"] < 1:
         raise SystemExit(f"decode.early_exit.examples={out['examples']}: must be >= 1")
+    if out["position_temp"] is not None:
+        if where != "generation":
+            raise SystemExit(f"decode.early_exit.position_temp: the position-adjusted threshold is for text "
+                             f"generation (tsformer.generate), not {where or 'this command'}")
+        if not out["position_temp"] > 0:
+            raise SystemExit(f"decode.early_exit.position_temp={out['position_temp']:g}: must be > 0 (CALM uses 4)")
     return out
 
 

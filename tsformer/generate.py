@@ -148,9 +148,9 @@ def calibrate(net: nn.Module, vocab, opts: dict[str, Any], prompt_len: int, leng
     (:func:`tsformer.nn.early_exit.calibrate_token_exit`). The ``classifier`` measure first
     fits its classifier (:class:`~tsformer.nn.early_exit.ExitClassifier`) on half of the
     prompts and calibrates on the other half."""
-    measure, given = opts["measure"], opts["threshold"]
+    measure, given, temp = opts["measure"], opts["threshold"], opts.get("position_temp")
     if given is not None and measure != "classifier":
-        return EarlyExit(measure, given, readout=net.readout), None
+        return EarlyExit(measure, given, readout=net.readout, position_temp=temp), None
     path = Path(opts["calibration"] or "")
     if not path.is_file():
         raise SystemExit(f"decode.early_exit.calibration={opts['calibration']}: needs a held-out text file"
@@ -170,9 +170,9 @@ def calibrate(net: nn.Module, vocab, opts: dict[str, Any], prompt_len: int, leng
         classifier = ExitClassifier(states[0].shape[-1], len(states) + 1).to(device).fit(states, labels)
         prompts = prompts[n // 2 :]
         if given is not None:
-            return EarlyExit(measure, given, readout=net.readout, classifier=classifier), None
+            return EarlyExit(measure, given, readout=net.readout, classifier=classifier, position_temp=temp), None
     return calibrate_token_exit(net, prompts, steps, measure, opts["tolerance"], opts["delta"],
-                                classifier=classifier, max_context=max_tokens)
+                                classifier=classifier, max_context=max_tokens, position_temp=temp)
 
 
 def generate(**kwargs) -> str:

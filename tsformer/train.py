@@ -29,6 +29,7 @@ from tsformer.callbacks import (
     PeriodicCheckpoint,
     RNGState,
     RunModelSummary,
+    WeightEMA,
     find_resume_checkpoint,
     progress_bar,
 )
@@ -125,6 +126,13 @@ def console_callbacks(trainer_cfg: DictConfig) -> list:
     return out
 
 
+def weight_averaging(cfg: DictConfig | None) -> list:
+    """``weight_averaging``: an EMA of the weights, when ``decay`` is set."""
+    if cfg is None or cfg.get("decay") is None:
+        return []
+    return [WeightEMA(float(cfg.decay), int(cfg.get("start_step") or 0))]
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test and evaluate baselines for one configured run.
 
@@ -199,6 +207,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         RNGState(),
     ]
     callbacks += console_callbacks(cfg.trainer)
+    callbacks += weight_averaging(cfg.get("weight_averaging"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer_kwargs = {} if has_val else {"limit_val_batches": 0}
     if getattr(datamodule, "shards_batches", False):

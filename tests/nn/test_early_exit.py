@@ -141,6 +141,42 @@ def test_rows_exit_on_their_own():
     assert policy.avg_layers == pytest.approx((1 + 4) / 2)
 
 
+class ConstantRule(EarlyExit):
+    """Every layer's confidence is ``c``: where it exits depends on the threshold alone."""
+
+    def __init__(self, c, threshold, position_temp):
+        super().__init__("state", threshold, position_temp=position_temp)
+        self.c = c
+
+    def confidence(self, layer, prev, cur):
+        return torch.full(cur.shape[:2], self.c)
+
+
+def test_position_adjusted_threshold_follows_calm_reference():
+    rule = EarlyExit("softmax", 0.8, position_temp=4.0)
+    assert rule.threshold_at(0, 10) == pytest.approx(0.8)
+    assert rule.threshold_at(5, 10) == pytest.approx(0.8 * (0.9 + 0.1 * math.exp(-2.0)))
+    assert rule.threshold_at(10, 10) == pytest.approx(0.8 * (0.9 + 0.1 * math.exp(-4.0)))
+    assert EarlyExit("softmax", 0.8).threshold_at(9, 10) == 0.8  # constant without position_temp
+    assert EarlyExit("softmax", NEVER, position_temp=4.0).threshold_at(9, 10) == NEVER
+    with pytest.raises(ValueError, match="position_temp"):
+        EarlyExit("softmax", 0.8, position_temp=0.0)
+
+
+def test_position_adjusted_threshold_counts_generated_positions():
+    """Confidence 0.95 against 0.9 + 0.1 exp(-0.4 t): the first step (t=1, 0.967) runs every
+    layer, every later step (t >= 2, <= 0.945) exits after layer 1, whatever the prompt length."""
+    net = char_lm()
+    for plen in (3, 7):
+        prompt = torch.randint(1, 23, (2, plen), generator=torch.Generator().manual_seed(plen))
+        policy = ConstantRule(0.95, 1.0, position_temp=4.0)
+        early_exit_tokens(net, prompt, 10, policy)
+        assert [int(h[0]) for h in policy.history] == [4] + [1] * 8
+        fixed = ConstantRule(0.95, 1.0, position_temp=None)
+        early_exit_tokens(net, prompt, 10, fixed)
+        assert fixed.avg_layers == 4  # 0.95 never reaches the constant 1.0
+
+
 def test_softmax_measure_needs_token_outputs():
     net = forecaster()
     inputs, cov, series = forecast_inputs()

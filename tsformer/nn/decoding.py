@@ -194,11 +194,14 @@ class DecodeCache:
             by every prefill and step (early exit and parallel decoding read them).
         early_exit: a CALM exit rule (:class:`tsformer.nn.early_exit.EarlyExit`) that
             :meth:`run` hands single-position steps to, or None (every layer runs).
+        start: the length after the first prefill (where generated positions begin), or
+            None before it.
     """
 
     layers: list[KVCache]
     hidden: list[Tensor] = field(default_factory=list)
     early_exit: Any = None
+    start: int | None = None
 
     @classmethod
     def create(cls, n_layers: int, batch: int, repeat: int, max_len: int) -> DecodeCache:
@@ -255,6 +258,8 @@ class DecodeCache:
         for block, layer in zip(blocks, self.layers):
             x = block(x, cache=layer, **kwargs)
             self.hidden.append(x)
+        if self.start is None:
+            self.start = self.length
         return x
 
 

@@ -138,6 +138,9 @@ class EarlyExit:
         classifier: an :class:`ExitClassifier` (``classifier`` needs it).
         exit_layer: force every position to exit after this many layers (tests: "exiting
             at layer l equals l layers and the head"); overrides the measure.
+        position_temp: None (the same threshold at every position) or ``tau`` of CALM's
+            position-adjusted threshold (:meth:`threshold_at`), which lowers it along the
+            generated sequence, since an early token that differs changes everything after it.
         layers_used, positions: running totals over rows and steps (:attr:`avg_layers`).
     """
 
@@ -146,6 +149,7 @@ class EarlyExit:
     readout: Callable[[Tensor], Any] | None = None
     classifier: ExitClassifier | None = None
     exit_layer: int | None = None
+    position_temp: float | None = None
     layers_used: int = 0
     positions: int = 0
     n_layers: int = 0
@@ -154,6 +158,21 @@ class EarlyExit:
     def __post_init__(self):
         if self.measure not in MEASURES:
             raise ValueError(f"decode.early_exit.measure={self.measure!r}; choose one of {MEASURES}")
+        if self.position_temp is not None and not self.position_temp > 0:
+            raise ValueError(f"decode.early_exit.position_temp={self.position_temp}: must be > 0 (or null)")
+
+    def threshold_at(self, t: int, n: int) -> float:
+        """The threshold for the ``t``-th of ``n`` generated positions (0-based).
+
+        With ``position_temp`` (``tau``): ``lambda * (9/10 + exp(-tau t / n) / 10)``, from
+        ``lambda`` at the first position down to about ``0.9 lambda`` at the last: the
+        position-adjusted threshold of CALM's reference code (t5x ``contrib/calm/models.py``,
+        ``position_adjusted_threshold``, default ``tau = 4``; the paper's "decaying threshold",
+        Schuster et al. 2022, Sec. 3.3). Otherwise ``threshold`` everywhere.
+        """
+        if self.position_temp is None or math.isinf(self.threshold):
+            return self.threshold
+        return self.threshold * (0.9 + 0.1 * math.exp(-self.position_temp * t / max(n, 1)))
 
     @property
     def avg_layers(self) -> float:
@@ -193,6 +212,12 @@ class EarlyExit:
             ``(N, 1, d)``: each row's state at the layer it exited after.
         """
         n, N = len(blocks), x.shape[0]
+        # The position this step decides, counted from the first generated one (decided by
+        # the prefill, with every layer), out of the positions the cache was made for.
+        threshold = self.threshold
+        if self.position_temp is not None:
+            start = cache.start if cache.start is not None else cache.length
+            threshold = self.threshold_at(cache.length - start + 1, cache.layers[0].max_len - start)
         done = torch.zeros(N, dtype=torch.bool, device=x.device)
         used = torch.full((N,), n, dtype=torch.long, device=x.device)
         hidden = []
@@ -208,7 +233,7 @@ class EarlyExit:
                 if self.exit_layer is not None:
                     new = ~done if i + 1 >= self.exit_layer else torch.zeros_like(done)
                 else:
-                    new = ~done & (self.confidence(i, x, y)[:, -1] >= self.threshold)
+                    new = ~done & (self.confidence(i, x, y)[:, -1] >= threshold)
                 used = torch.where(new, torch.full_like(used, i + 1), used)
                 done = done | new
             x = y
@@ -295,7 +320,8 @@ def exit_classifier_data(net: nn.Module, agree: Callable[[Any, Any], Tensor], *i
 def calibrate_token_exit(net: nn.Module, prompts: Tensor, steps: int, measure: str, tolerance: float,
                          delta: float, candidates: Sequence[float] | None = None,
                          classifier: ExitClassifier | None = None,
-                         max_context: int | None = None) -> tuple[EarlyExit, Calibration]:
+                         max_context: int | None = None,
+                         position_temp: float | None = None) -> tuple[EarlyExit, Calibration]:
     """Calibrate a token model's exit threshold on held-out prompts (Learn-then-Test): the
     inconsistency of a prompt is the share of its ``steps`` greedy characters that differ from
     the full model's continuation (textual consistency, Schuster et al. 2022, Sec. 4).
@@ -303,6 +329,8 @@ def calibrate_token_exit(net: nn.Module, prompts: Tensor, steps: int, measure: s
     Args:
         net: a causal token model with ``new_cache`` and ``readout`` (the char LM).
         prompts: ``(N, P)`` held-out prompts, one calibration example each.
+        position_temp: calibrate the position-adjusted threshold (:meth:`EarlyExit.threshold_at`)
+            instead of a constant one.
     Returns:
         The calibrated :class:`EarlyExit` (``NEVER`` when no threshold is valid) and the
         :class:`Calibration` record.
@@ -311,11 +339,12 @@ def calibrate_token_exit(net: nn.Module, prompts: Tensor, steps: int, measure: s
     P = prompts.shape[1]
 
     def losses(t: float) -> Tensor:
-        rule = EarlyExit(measure, t, readout=net.readout, classifier=classifier)
+        rule = EarlyExit(measure, t, readout=net.readout, classifier=classifier, position_temp=position_temp)
         return token_mismatch(early_exit_tokens(net, prompts, steps, rule, 0.0, None, max_context)[:, P:], full).cpu()
 
     cal = calibrate_threshold(candidate_thresholds() if candidates is None else candidates, losses, tolerance, delta)
-    return EarlyExit(measure, cal.threshold, readout=net.readout, classifier=classifier), cal
+    return EarlyExit(measure, cal.threshold, readout=net.readout, classifier=classifier,
+                     position_temp=position_temp), cal
 
 
 def held_out_prompts(ids: Any, n: int, length: int, room: int = 0, seed: int = 0) -> Tensor:
