@@ -81,7 +81,7 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calm-position-temps", type=float, nargs="+", default=None,
                     help="char LM: tau of CALM's position-adjusted threshold per row set, 0 = constant (default: 0)")
     ap.add_argument("--calm-speech-root", default=None,
-                    help="task=librispeech data.root (default: the shipped FSDD sample; its 66 calibration utterances "
+                    help="task=librispeech data.root (default: the shipped FSDD sample; its 126 calibration utterances "
                          "cannot certify 1%% at delta 0.1: build a bigger one with data/librispeech_sample/prepare.py)")
     ap.add_argument("--calm-speech-overrides", nargs="*", default=None,
                     help="more Hydra overrides for the speech run (e.g. data.skip_bad=true)")
