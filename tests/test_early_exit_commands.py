@@ -230,6 +230,19 @@ def test_transcribe_calibrates_and_exits_early(asr, capsys):
     assert len(out.out.strip().splitlines()) == 4
 
 
+def test_transcribe_classifier_measure(asr, capsys):
+    """The classifier is fitted inside the command's no_grad calibration (it once failed there)."""
+    from tsformer.transcribe import main
+
+    _, root, ckpt = asr
+    main([f"ckpt={ckpt}", f"audio={root / 'test-clean'}", "decode.early_exit.measure=classifier",
+          "decode.early_exit.threshold=0", f"decode.early_exit.calibration={root / 'dev-clean'}"])
+    out = capsys.readouterr()
+    avg, n = layers_used(out.err)
+    assert n == 2 and avg == 1  # threshold 0: every utterance leaves after the first layer
+    assert len(out.out.strip().splitlines()) == 4
+
+
 def test_transcribe_threshold_that_never_exits_is_the_full_model(asr, tmp_path, capsys):
     from tsformer.transcribe import main
 

@@ -305,9 +305,19 @@ def test_exit_classifier_learns_consistency():
     torch.manual_seed(0)
     states = [torch.randn(200, 8), torch.randn(200, 8)]
     labels = [(nn.functional.layer_norm(s, (8,))[:, 0] > 0).float() for s in states]  # linearly separable
+    torch.manual_seed(1)
     clf = ExitClassifier(8, 3).fit(states, labels, steps=200, lr=0.05)
     for i, (s, y) in enumerate(zip(states, labels)):
         assert ((clf(s, i) > 0.5).float() == y).float().mean() > 0.9
+    # Commands gather the states under no_grad or inference_mode and fit there: same result.
+    for ctx in (torch.no_grad, torch.inference_mode):
+        torch.manual_seed(1)
+        again = ExitClassifier(8, 3)
+        with ctx():
+            frozen = [s.clone() for s in states]
+            again.fit(frozen, labels, steps=200, lr=0.05)
+        for a, b in zip(again.parameters(), clf.parameters()):
+            torch.testing.assert_close(a, b)
     net = char_lm(n_layers=3)
     prompt = torch.randint(1, 23, (1, 4))
     policy = EarlyExit("classifier", 0.5, classifier=ExitClassifier(16, 3))

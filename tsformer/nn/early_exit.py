@@ -103,15 +103,18 @@ class ExitClassifier(nn.Module):
             raise ValueError(f"{len(states)} state sets and {len(labels)} label sets for {len(self.linear)} layers")
         torch.manual_seed(seed)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
-        xs = [s.detach().float() for s in states]
-        ys = [y.detach().float() for y in labels]
-        self.train()
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = sum(F.binary_cross_entropy_with_logits(self.linear[i](self.norm(x))[..., 0], y)
-                       for i, (x, y) in enumerate(zip(xs, ys)))
-            loss.backward()
-            opt.step()
+        # Commands collect the states under no_grad / inference_mode and may call this there:
+        # training needs autograd back, and plain (not inference) copies of the states.
+        with torch.inference_mode(False), torch.enable_grad():
+            xs = [s.detach().float().clone() for s in states]
+            ys = [y.detach().float().clone() for y in labels]
+            self.train()
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = sum(F.binary_cross_entropy_with_logits(self.linear[i](self.norm(x))[..., 0], y)
+                           for i, (x, y) in enumerate(zip(xs, ys)))
+                loss.backward()
+                opt.step()
         return self.eval()
 
 
