@@ -16,7 +16,7 @@ What it does, per task:
   characters that differ from the full model's continuation); consistency and layers are
   then measured on prompts from the test book, and wall time on one long continuation of a
   test prompt (batch 1, as a user generates), full model against early exit. Measures:
-  softmax and state.
+  softmax, state and the early-exit classifier (fitted on prompts from the training books).
 - **speech** (``task=librispeech``, the shipped FSDD digit sample by default, a deeper
   Conformer-CTC trained with intermediate CTC heads): per-utterance exit; calibration on the
   dev split plus the first half of the test split, measurement on the other half;
@@ -50,12 +50,15 @@ from tsformer.nn.decoding import generate_tokens
 from tsformer.nn.early_exit import (
     NEVER,
     EarlyExit,
+    ExitClassifier,
     calibrate_threshold,
     candidate_thresholds,
     ctc_early_exit,
     early_exit_tokens,
+    exit_classifier_data,
     held_out_prompts,
     token_mismatch,
+    tokens_agree,
 )
 from tsformer.train import compose_config, train
 
@@ -78,6 +81,12 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calm-charlm-prompt-len", type=int, default=None, help="characters per prompt (default 32 / 64)")
     ap.add_argument("--calm-charlm-gen-len", type=int, default=None, help="greedy characters per prompt (default 8 / 32)")
     ap.add_argument("--calm-charlm-context", type=int, default=None, help="default 128 (--quick) or 512")
+    ap.add_argument("--calm-charlm-measures", nargs="+", default=None, choices=["softmax", "state", "classifier"],
+                    help="char LM confidence measures (default: all three; the classifier is fitted on training-book "
+                         "prompts, teacher-forced)")
+    ap.add_argument("--calm-skipped", nargs="+", default=None, choices=["copy", "defer"],
+                    help="char LM: what skipped layers give later positions, one row set each (default: copy, "
+                         "CALM's state propagation; defer: run them later from the true states)")
     ap.add_argument("--calm-position-temps", type=float, nargs="+", default=None,
                     help="char LM: tau of CALM's position-adjusted threshold per row set, 0 = constant (default: 0)")
     ap.add_argument("--calm-speech-root", default=None,
@@ -158,11 +167,20 @@ def charlm_rows(args, device: str) -> list[dict]:
     cands = candidate_thresholds(16)
     rows = []
     temps = [float(t) or None for t in _opt(args, "calm_position_temps", [0.0])]
-    for measure, temp in [(m, t) for t in temps for m in ("softmax", "state")]:
+    measures = list(_opt(args, "calm_charlm_measures", ["softmax", "state", "classifier"]))
+    classifier = None
+    if "classifier" in measures:
+        # CALM trains its exit classifier on the frozen model's states over training data
+        # (Sec. 3.5): prompts from the training books, so calibration and test stay unseen.
+        fit = held_out_prompts(dm.ids["train"], n_cal, plen + glen, 0, 2).to(device)
+        classifier = ExitClassifier(d, layers).to(device).fit(*exit_classifier_data(net, tokens_agree, fit))
+    modes = list(_opt(args, "calm_skipped", ["copy"]))
+    for measure, temp, skipped in [(m, t, k) for k in modes for t in temps for m in measures]:
         seen: dict[float, torch.Tensor] = {}
 
-        def rule(t: float, measure=measure, temp=temp) -> EarlyExit:
-            return EarlyExit(measure, t, readout=net.readout, position_temp=temp)
+        def rule(t: float, measure=measure, temp=temp, skipped=skipped) -> EarlyExit:
+            return EarlyExit(measure, t, readout=net.readout, classifier=classifier, position_temp=temp,
+                             skipped=skipped)
 
         def losses(t: float, rule=rule, seen=seen):
             if t not in seen:
@@ -180,7 +198,8 @@ def charlm_rows(args, device: str) -> list[dict]:
             p = next((pv for t, _, pv in c.tested if t == c.threshold), float("nan"))
             rows.append({
                 "task": "charlm", "method": "calm",
-                "setting": f"{measure}{f' (position tau {temp:g})' if temp else ''}, tolerance {tol:g}",
+                "setting": (f"{measure}{f' (position tau {temp:g})' if temp else ''}"
+                            f"{', skipped layers deferred' if skipped == 'defer' else ''}, tolerance {tol:g}"),
                 "quality": None, "consistency": 1.0 - mismatch, "tolerance_met": mismatch <= tol,
                 "avg_layers": policy.avg_layers, "layers": layers, "layer_share": policy.avg_layers / layers,
                 "long_avg_layers": timing.avg_layers, "passes_per_token": 1.0,
@@ -188,7 +207,7 @@ def charlm_rows(args, device: str) -> list[dict]:
                 "threshold": None if c.threshold == NEVER else c.threshold, "p_value": p,
                 "calibration_n": c.n, "test_n": len(test), "generated": glen, "measure": measure,
                 "tolerance": tol, "delta": c.delta, "d_model": d,
-                "context": ctx, "train_steps": steps, "prompt_len": plen, "position_temp": temp,
+                "context": ctx, "train_steps": steps, "prompt_len": plen, "position_temp": temp, "skipped": skipped,
                 "oracle_avg_layers": oracle,
             })
             print(_line(rows[-1]), flush=True)
@@ -320,6 +339,7 @@ def table(rows: list[dict]) -> str:
         th = "never" if r["threshold"] is None else f"{r['threshold']:.4f}"
         q = "" if r.get("quality") is None else f"WER {r['quality']:.4f} (full {r['full_quality']:.4f})"
         meas = r["measure"] + (f", position tau {r['position_temp']:g}" if r.get("position_temp") else "")
+        meas += ", deferred" if r.get("skipped") == "defer" else ""
         body += (f"| {r['task']} | {meas} | {r['tolerance']:g} | {th} | {r['calibration_n']} | "
                  f"{r['consistency']:.4f} | {'yes' if r['tolerance_met'] else 'no'} | {q} | "
                  f"{r['avg_layers']:.2f} / {r['layers']} | {r['layer_share']:.0%} | {r['wall_s']:.2f} | "

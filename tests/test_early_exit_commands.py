@@ -67,6 +67,10 @@ def test_generate_calibrates_and_exits_early(lm, capsys):
     assert main([*common, "decode.early_exit.measure=classifier", "decode.early_exit.threshold=0",
                  f"decode.early_exit.calibration={text}", "decode.early_exit.examples=4"]) == 0
     assert layers_used(capsys.readouterr().err) == (1.0, 3)
+    # Deferring the skipped layers: same exits, the text the heads give on the full model's states.
+    assert main([*common, "decode.early_exit.threshold=0", "decode.early_exit.skipped=defer"]) == 0
+    out = capsys.readouterr()
+    assert layers_used(out.err) == (1.0, 3) and "skipped layers deferred" in out.err
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
@@ -86,6 +90,9 @@ def test_generate_threshold_that_never_exits_is_the_full_model(lm, capsys, tempe
     assert main([*common, "decode.early_exit.threshold=inf", "decode.early_exit.position_temp=4"]) == 0
     out = capsys.readouterr()
     assert out.out == full and layers_used(out.err) == (3.0, 3)
+    assert main([*common, "decode.early_exit.threshold=inf", "decode.early_exit.skipped=defer"]) == 0
+    out = capsys.readouterr()
+    assert out.out == full and layers_used(out.err) == (3.0, 3)
 
 
 def test_generate_early_exit_errors(lm, tmp_path, capsys):
@@ -101,6 +108,7 @@ def test_generate_early_exit_errors(lm, tmp_path, capsys):
         ([f"run={run}", "decode.early_exit.measure=state"], "decode.early_exit.tolerance"),
         ([f"run={run}", "decode.early_exit.threshold=0.5", "decode.early_exit.measure=loud"], "softmax, state"),
         ([f"run={run}", "decode.early_exit.threshold=0.5", "decode.early_exit.position_temp=0"], "must be > 0"),
+        ([f"run={run}", "decode.early_exit.threshold=0.5", "decode.early_exit.skipped=later"], "copy, defer"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
@@ -197,6 +205,9 @@ def test_forecast_threshold_that_never_exits_is_the_full_model(fc, tmp_path, cap
     with pytest.raises(SystemExit) as e:  # the position-adjusted threshold is for text generation
         main([*common, "decode.early_exit.threshold=0.5", "decode.early_exit.position_temp=4"])
     assert e.value.code == 2 and "position_temp" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # deferring skipped layers too
+        main([*common, "decode.early_exit.threshold=0.5", "decode.early_exit.skipped=defer"])
+    assert e.value.code == 2 and "skipped=defer" in capsys.readouterr().err
 
 
 # -- speech: python -m tsformer.transcribe --------------------------------------------------------

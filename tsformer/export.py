@@ -222,7 +222,8 @@ def early_exit_options(decode: dict[str, Any], default_measure: str, measures: t
         where: what the user decodes (for messages), e.g. ``"forecasts"``.
     Returns:
         ``measure``, ``tolerance``, ``delta``, ``threshold`` (float or None), ``calibration``
-        (path or None), ``examples`` and ``position_temp`` (float or None; generation only).
+        (path or None), ``examples``, ``position_temp`` (float or None) and ``skipped``
+        (``copy`` | ``defer``); the last two for generation only.
     Raises:
         SystemExit: a bad value or a missing companion key, naming the key.
     """
@@ -242,7 +243,14 @@ def early_exit_options(decode: dict[str, Any], default_measure: str, measures: t
         raise SystemExit(f"decode.early_exit with decode={decode.get('method')}: early exit decides per position, "
                          "one position per forward pass; use decode=sequential")
     out = {"measure": measure, "tolerance": None, "delta": 0.1, "threshold": None, "calibration": None,
-           "examples": 100, "position_temp": None}
+           "examples": 100, "position_temp": None, "skipped": str(ee.get("skipped") or "copy")}
+    from tsformer.nn.early_exit import SKIPPED
+
+    if out["skipped"] not in SKIPPED:
+        raise SystemExit(f"decode.early_exit.skipped={out['skipped']}: choose one of {', '.join(SKIPPED)}")
+    if out["skipped"] != "copy" and where != "generation":
+        raise SystemExit(f"decode.early_exit.skipped={out['skipped']}: deferring skipped layers is for text "
+                         f"generation (tsformer.generate), not {where or 'this command'}")
     try:
         if ee.get("position_temp") is not None:
             out["position_temp"] = float(ee["position_temp"])
@@ -297,8 +305,9 @@ def exit_report(opts: dict[str, Any], policy, cal=None, source: str = "", unit: 
         p = next((pv for t, _, pv in cal.tested if t == cal.threshold), None)
         how = (f"calibrated on {cal.n} {unit} of {source} for tolerance {cal.tolerance:g}, delta {cal.delta:g}"
                + (f" (p-value {p:.3g})" if p is not None else ": no threshold met the tolerance, the full model decodes"))
+    deferred = "; skipped layers deferred" if opts.get("skipped") == "defer" else ""
     return (f"early exit ({opts['measure']}): {th}, {how}; {policy.avg_layers:.2f} of {policy.n_layers} layers "
-            "on average")
+            f"on average{deferred}")
 
 
 def _dotted_keys(d: Any, prefix: str = "") -> set[str]:

@@ -149,8 +149,9 @@ def calibrate(net: nn.Module, vocab, opts: dict[str, Any], prompt_len: int, leng
     fits its classifier (:class:`~tsformer.nn.early_exit.ExitClassifier`) on half of the
     prompts and calibrates on the other half."""
     measure, given, temp = opts["measure"], opts["threshold"], opts.get("position_temp")
+    skipped = opts.get("skipped") or "copy"
     if given is not None and measure != "classifier":
-        return EarlyExit(measure, given, readout=net.readout, position_temp=temp), None
+        return EarlyExit(measure, given, readout=net.readout, position_temp=temp, skipped=skipped), None
     path = Path(opts["calibration"] or "")
     if not path.is_file():
         raise SystemExit(f"decode.early_exit.calibration={opts['calibration']}: needs a held-out text file"
@@ -170,9 +171,10 @@ def calibrate(net: nn.Module, vocab, opts: dict[str, Any], prompt_len: int, leng
         classifier = ExitClassifier(states[0].shape[-1], len(states) + 1).to(device).fit(states, labels)
         prompts = prompts[n // 2 :]
         if given is not None:
-            return EarlyExit(measure, given, readout=net.readout, classifier=classifier, position_temp=temp), None
+            return EarlyExit(measure, given, readout=net.readout, classifier=classifier, position_temp=temp,
+                             skipped=skipped), None
     return calibrate_token_exit(net, prompts, steps, measure, opts["tolerance"], opts["delta"],
-                                classifier=classifier, max_context=max_tokens, position_temp=temp)
+                                classifier=classifier, max_context=max_tokens, position_temp=temp, skipped=skipped)
 
 
 def generate(**kwargs) -> str:

@@ -108,6 +108,91 @@ def test_exit_at_layer_l_equals_l_layers_and_the_head(layer):
         torch.testing.assert_close(got, small(out[:, : t + 1])[:, -1], rtol=1e-5, atol=1e-5)
 
 
+class RandomRule(EarlyExit):
+    """Each row exits after a random layer at each step (seeded), whatever the states say."""
+
+    def __init__(self, seed, p=0.4, skipped="defer"):
+        super().__init__("state", 0.5, skipped=skipped)
+        self.g = torch.Generator().manual_seed(seed)
+        self.p = p
+
+    def confidence(self, layer, prev, cur):
+        return (torch.rand(cur.shape[:2], generator=self.g) < self.p).float()
+
+
+def teacher_forced_tokens(net, out, plen, used):
+    """Per generated position, the argmax of the head after the layer each row used there,
+    on the full model's states of the text so far (no exit anywhere): ``(B, steps)``."""
+    states = net.hidden_states(out[:, :-1])  # position t predicts token t + 1
+    layers = torch.stack(used[: out.shape[1] - plen - 1], dim=1)  # (B, steps - 1); the first is the prefill's
+    heads = torch.stack([net.readout(h[:, plen:]).argmax(-1) for h in states])  # (n, B, steps - 1)
+    return heads.gather(0, (layers - 1)[None])[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@torch.no_grad()
+def test_deferred_skipped_layers_see_the_full_models_states(seed):
+    """With skipped="defer" every token is the head, after its exit layer, of the full
+    model's states of the text so far: skipped layers are made up later from true inputs,
+    so no exit changes what later positions attend to. Rows exit at random layers."""
+    net = char_lm()
+    prompt = torch.randint(1, 23, (3, 5), generator=torch.Generator().manual_seed(seed))
+    policy = RandomRule(seed)
+    out = early_exit_tokens(net, prompt, 12, policy)
+    used = list(policy.history)
+    assert 1 < policy.avg_layers < 4  # exits did happen, at several depths
+    assert torch.equal(out[:, 6:], teacher_forced_tokens(net, out, 5, used))
+
+
+@torch.no_grad()
+def test_deferred_positions_are_run_by_the_next_deep_pass_and_by_any_later_feed():
+    net = char_lm()
+    prompt = torch.randint(1, 23, (2, 6), generator=torch.Generator().manual_seed(7))
+    text = torch.randint(1, 23, (2, 6), generator=torch.Generator().manual_seed(8))
+    cache = net.new_cache(2, 20)
+    cache.early_exit = EarlyExit("state", exit_layer=1, skipped="defer")
+    net(prompt, cache=cache)
+    for t in range(3):  # three positions that stop after layer 1
+        net(text[:, t : t + 1], cache=cache)
+    assert [layer.length for layer in cache.layers] == [9, 6, 6, 6]
+    assert [None if p is None else p.shape[1] for p in cache.pending] == [None, 3, None, None]
+    with pytest.raises(ValueError, match="deferred"):
+        cache.truncate(7)
+    with pytest.raises(ValueError, match="deferred"):
+        cache.snapshot()
+    cache.early_exit = EarlyExit("state", exit_layer=2, skipped="defer")
+    net(text[:, 3:4], cache=cache)  # layer 2 runs the 3 waiting positions with this one
+    assert [layer.length for layer in cache.layers] == [10, 10, 6, 6]
+    # A feed of several positions (no early exit there) takes every waiting position along:
+    # its logits, and the whole cache, are the full model's.
+    got = net(text[:, 4:6], cache=cache)
+    full = net.new_cache(2, 20)
+    want = net(torch.cat([prompt, text], 1), cache=full)[:, -2:]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert all(p is None for p in cache.pending) and [layer.length for layer in cache.layers] == [12] * 4
+    for a, b in zip(cache.layers, full.layers):
+        for x, y in zip(a.keys_values(), b.keys_values()):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    # Copying the exited state up instead (CALM's state propagation) leaves other keys there.
+    copied = net.new_cache(2, 20)
+    copied.early_exit = EarlyExit("state", exit_layer=1)
+    net(prompt, cache=copied)
+    net(text[:, :1], cache=copied)
+    assert not torch.allclose(copied.layers[2].keys_values()[0], full.layers[2].keys_values()[0][:, :, :7])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_deferred_never_exit_equals_the_full_model(temperature):
+    net = char_lm()
+    prompt = torch.randint(1, 23, (2, 5), generator=torch.Generator().manual_seed(1))
+    full = generate_tokens(net, prompt, 9, temperature, torch.Generator().manual_seed(3), True, 64)
+    policy = EarlyExit("softmax", NEVER, readout=net.readout, skipped="defer")
+    out = early_exit_tokens(net, prompt, 9, policy, temperature, torch.Generator().manual_seed(3), 64)
+    assert torch.equal(out, full) and policy.avg_layers == 4
+    with pytest.raises(ValueError, match="skipped"):
+        EarlyExit("softmax", 0.5, skipped="recompute")
+
+
 @torch.no_grad()
 def test_state_propagation_fills_skipped_layers_from_the_exited_state():
     net = char_lm(n_layers=3)

@@ -196,12 +196,16 @@ class DecodeCache:
             :meth:`run` hands single-position steps to, or None (every layer runs).
         start: the length after the first prefill (where generated positions begin), or
             None before it.
+        pending: per layer, the inputs ``(B * R, k, d)`` of the last ``k`` positions that
+            layer has not run yet (early exit with ``skipped="defer"``), or None; the next
+            feed through that layer takes them along.
     """
 
     layers: list[KVCache]
     hidden: list[Tensor] = field(default_factory=list)
     early_exit: Any = None
     start: int | None = None
+    pending: list[Tensor | None] = field(default_factory=list)
 
     @classmethod
     def create(cls, n_layers: int, batch: int, repeat: int, max_len: int) -> DecodeCache:
@@ -225,6 +229,7 @@ class DecodeCache:
         """Forget positions from ``length`` on, in every layer (parallel decoding cuts the
         cache back to the accepted prefix). A ValueError if a layer keeps a state that
         cannot forget positions (then :meth:`restore` a snapshot and feed again)."""
+        self._no_pending("truncate")
         if length < self.length:
             bad = [i for i, layer in enumerate(self.layers) if not layer.rewindable]
             if bad:
@@ -234,9 +239,15 @@ class DecodeCache:
         for layer in self.layers:
             layer.truncate(length)
 
+    def _no_pending(self, what: str) -> None:
+        if any(p is not None for p in self.pending):
+            raise ValueError(f"cannot {what} a cache whose upper layers wait for positions deferred by early exit "
+                             "(skipped='defer'); parallel decoding runs without early exit")
+
     def snapshot(self) -> tuple[int, list[dict]]:
         """What :meth:`restore` needs to undo later steps: the length and each layer's extra
         state (replaced, never changed in place, by the layers)."""
+        self._no_pending("snapshot")
         return self.length, [dict(layer.state) for layer in self.layers]
 
     def restore(self, snap: tuple[int, list[dict]]) -> None:
@@ -255,9 +266,14 @@ class DecodeCache:
         if self.early_exit is not None and x.shape[1] == 1 and self.length > 0:
             return self.early_exit.run(blocks, self, x, **kwargs)
         self.hidden = []
-        for block, layer in zip(blocks, self.layers):
+        new = x.shape[1]
+        for i, (block, layer) in enumerate(zip(blocks, self.layers)):
+            if self.pending and self.pending[i] is not None:  # positions deferred by early exit
+                x = torch.cat([self.pending[i], x], dim=1)
+                self.pending[i] = None
             x = block(x, cache=layer, **kwargs)
-            self.hidden.append(x)
+            self.hidden.append(x[:, -new:])
+        x = x[:, -new:]
         if self.start is None:
             self.start = self.length
         return x

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 MEASURES = ("softmax", "state", "classifier")
+SKIPPED = ("copy", "defer")
+"""What skipped layers give later positions (:attr:`EarlyExit.skipped`)."""
 NEVER = math.inf
 """The threshold that never exits (confidences are finite): the full model."""
 
@@ -144,6 +146,17 @@ class EarlyExit:
         position_temp: None (the same threshold at every position) or ``tau`` of CALM's
             position-adjusted threshold (:meth:`threshold_at`), which lowers it along the
             generated sequence, since an early token that differs changes everything after it.
+        skipped: what the layers a position skips give later positions to attend to.
+            ``copy`` (CALM's state propagation, Sec. 3.2): keys and values computed from the
+            exited state copied up, at once. ``defer``: nothing yet; the next position that
+            runs a skipped layer takes the waiting positions along, in one multi-position
+            pass from their true inputs (the synchronized parallel decoding of Bae et al.
+            2023, "Fast and Robust Early-Exiting Framework for Autoregressive Language
+            Models with Synchronized Parallel Decoding", EMNLP). Every position then sees
+            exactly the full model's keys and values, so only the exited tokens themselves can
+            differ from the full model's; the layers still run for every position (no compute
+            saved), but fewer passes run one after another, which is what a memory-bound
+            step (batch 1, a GPU) pays for.
         layers_used, positions: running totals over rows and steps (:attr:`avg_layers`).
     """
 
@@ -153,6 +166,7 @@ class EarlyExit:
     classifier: ExitClassifier | None = None
     exit_layer: int | None = None
     position_temp: float | None = None
+    skipped: str = "copy"
     layers_used: int = 0
     positions: int = 0
     n_layers: int = 0
@@ -163,6 +177,8 @@ class EarlyExit:
             raise ValueError(f"decode.early_exit.measure={self.measure!r}; choose one of {MEASURES}")
         if self.position_temp is not None and not self.position_temp > 0:
             raise ValueError(f"decode.early_exit.position_temp={self.position_temp}: must be > 0 (or null)")
+        if self.skipped not in SKIPPED:
+            raise ValueError(f"decode.early_exit.skipped={self.skipped!r}; choose one of {SKIPPED}")
 
     def threshold_at(self, t: int, n: int) -> float:
         """The threshold for the ``t``-th of ``n`` generated positions (0-based).
@@ -221,6 +237,8 @@ class EarlyExit:
         if self.position_temp is not None:
             start = cache.start if cache.start is not None else cache.length
             threshold = self.threshold_at(cache.length - start + 1, cache.layers[0].max_len - start)
+        if self.skipped == "defer":
+            return self._run_deferred(blocks, cache, x, threshold, **kwargs)
         done = torch.zeros(N, dtype=torch.bool, device=x.device)
         used = torch.full((N,), n, dtype=torch.long, device=x.device)
         hidden = []
@@ -247,6 +265,51 @@ class EarlyExit:
         self.n_layers = n
         self.history.append(used.cpu())
         return x
+
+
+    def _exits(self, i: int, n: int, done: Tensor, prev: Tensor, cur: Tensor, threshold: float) -> Tensor:
+        """Rows not yet exited that exit after block ``i``: ``(N,)`` bool."""
+        if i >= n - 1:
+            return torch.zeros_like(done)
+        if self.exit_layer is not None:
+            return ~done if i + 1 >= self.exit_layer else torch.zeros_like(done)
+        return ~done & (self.confidence(i, prev, cur)[:, -1] >= threshold)
+
+    def _run_deferred(self, blocks: Sequence[nn.Module], cache, x: Tensor, threshold: float, **kwargs) -> Tensor:
+        """:meth:`run` with ``skipped="defer"``. ``cache.pending[i]`` holds block ``i``'s
+        inputs ``(N, k, d)`` for the positions it has not run yet (the last ``k`` before this
+        one); a block that runs takes them along with this position, in order, so its cache
+        gets every position's true keys and values. The blocks run for every row until all
+        rows have exited (a row that exits keeps its state as its output, but the blocks
+        above still see its true state); the first block no row needs gets the outputs below
+        it as its pending inputs."""
+        n, N = len(blocks), x.shape[0]
+        pending = list(cache.pending) if cache.pending else [None] * n
+        done = torch.zeros(N, dtype=torch.bool, device=x.device)
+        used = torch.full((N,), n, dtype=torch.long, device=x.device)
+        out, hidden, carry = x, [], x  # carry: block i's new inputs, (N, k, d), the last is this position
+        for i, block in enumerate(blocks):
+            inp = carry if pending[i] is None else torch.cat([pending[i], carry], dim=1)
+            pending[i] = None
+            y = block(inp, cache=cache.layers[i], **kwargs)
+            cur = y[:, -1:]
+            out = cur if i == 0 else torch.where(done[:, None, None], out, cur)
+            new = self._exits(i, n, done, inp[:, -1:], cur, threshold)
+            used = torch.where(new, torch.full_like(used, i + 1), used)
+            done = done | new
+            hidden.append(out)
+            carry = y
+            if i < n - 1 and bool(done.all()):
+                pending[i + 1] = y if pending[i + 1] is None else torch.cat([pending[i + 1], y], dim=1)
+                hidden += [out] * (n - 1 - i)
+                break
+        cache.pending = pending
+        cache.hidden = hidden
+        self.layers_used += int(used.sum())
+        self.positions += N
+        self.n_layers = n
+        self.history.append(used.cpu())
+        return out
 
 
 class _WithExit:
@@ -324,7 +387,7 @@ def calibrate_token_exit(net: nn.Module, prompts: Tensor, steps: int, measure: s
                          delta: float, candidates: Sequence[float] | None = None,
                          classifier: ExitClassifier | None = None,
                          max_context: int | None = None,
-                         position_temp: float | None = None) -> tuple[EarlyExit, Calibration]:
+                         position_temp: float | None = None, skipped: str = "copy") -> tuple[EarlyExit, Calibration]:
     """Calibrate a token model's exit threshold on held-out prompts (Learn-then-Test): the
     inconsistency of a prompt is the share of its ``steps`` greedy characters that differ from
     the full model's continuation (textual consistency, Schuster et al. 2022, Sec. 4).
@@ -334,6 +397,7 @@ def calibrate_token_exit(net: nn.Module, prompts: Tensor, steps: int, measure: s
         prompts: ``(N, P)`` held-out prompts, one calibration example each.
         position_temp: calibrate the position-adjusted threshold (:meth:`EarlyExit.threshold_at`)
             instead of a constant one.
+        skipped: :attr:`EarlyExit.skipped` of the rule calibrated (and returned).
     Returns:
         The calibrated :class:`EarlyExit` (``NEVER`` when no threshold is valid) and the
         :class:`Calibration` record.
@@ -342,12 +406,13 @@ def calibrate_token_exit(net: nn.Module, prompts: Tensor, steps: int, measure: s
     P = prompts.shape[1]
 
     def losses(t: float) -> Tensor:
-        rule = EarlyExit(measure, t, readout=net.readout, classifier=classifier, position_temp=position_temp)
+        rule = EarlyExit(measure, t, readout=net.readout, classifier=classifier, position_temp=position_temp,
+                         skipped=skipped)
         return token_mismatch(early_exit_tokens(net, prompts, steps, rule, 0.0, None, max_context)[:, P:], full).cpu()
 
     cal = calibrate_threshold(candidate_thresholds() if candidates is None else candidates, losses, tolerance, delta)
     return EarlyExit(measure, cal.threshold, readout=net.readout, classifier=classifier,
-                     position_temp=position_temp), cal
+                     position_temp=position_temp, skipped=skipped), cal
 
 
 def held_out_prompts(ids: Any, n: int, length: int, room: int = 0, seed: int = 0) -> Tensor:
@@ -558,7 +623,7 @@ def ctc_early_exit(net: nn.Module, feats: Tensor, lengths: Tensor, policy: Early
     return out, out_len, used
 
 
-__all__ = ["MEASURES", "NEVER", "Calibration", "EarlyExit", "ExitClassifier", "calibrate_threshold",
+__all__ = ["MEASURES", "NEVER", "SKIPPED", "Calibration", "EarlyExit", "ExitClassifier", "calibrate_threshold",
            "calibrate_token_exit", "candidate_thresholds", "check_exit_heads", "ctc_early_exit", "early_exit_tokens", "exit_classifier_data", "gaussians_agree", "held_out_prompts", "hoeffding_bentkus_pvalue", "layer_weights", "propagate",
            "quantile_loss_change", "softmax_confidence", "state_confidence", "token_mismatch", "tokens_agree",
            "weighted_layer_loss"]
