@@ -251,20 +251,21 @@ class EarlyExit:
             if bool(done.any()):
                 y = torch.where(done[:, None, None], x, y)
             if i < n - 1:
-                if self.exit_layer is not None:
-                    new = ~done if i + 1 >= self.exit_layer else torch.zeros_like(done)
-                else:
-                    new = ~done & (self.confidence(i, x, y)[:, -1] >= threshold)
+                new = self._exits(i, n, done, x, y, threshold)
                 used = torch.where(new, torch.full_like(used, i + 1), used)
                 done = done | new
             x = y
             hidden.append(x)
         cache.hidden = hidden
+        self._count(used, n)
+        return x
+
+    def _count(self, used: Tensor, n: int) -> None:
+        """Add one step's layers used per row ``(N,)`` of ``n`` to the running totals."""
         self.layers_used += int(used.sum())
-        self.positions += N
+        self.positions += used.shape[0]
         self.n_layers = n
         self.history.append(used.cpu())
-        return x
 
 
     def _exits(self, i: int, n: int, done: Tensor, prev: Tensor, cur: Tensor, threshold: float) -> Tensor:
@@ -305,10 +306,7 @@ class EarlyExit:
                 break
         cache.pending = pending
         cache.hidden = hidden
-        self.layers_used += int(used.sum())
-        self.positions += N
-        self.n_layers = n
-        self.history.append(used.cpu())
+        self._count(used, n)
         return out
 
 
