@@ -160,7 +160,7 @@ def test_deferred_positions_are_run_by_the_next_deep_pass_and_by_any_later_feed(
         cache.truncate(7)
     with pytest.raises(ValueError, match="deferred"):
         cache.snapshot()
-    cache.early_exit = EarlyExit("state", exit_layer=2, skipped="defer")
+    cache.early_exit = EarlyExit("state", exit_layer=2)  # a copying rule still runs what waits
     net(text[:, 3:4], cache=cache)  # layer 2 runs the 3 waiting positions with this one
     assert [layer.length for layer in cache.layers] == [10, 10, 6, 6]
     # A feed of several positions (no early exit there) takes every waiting position along:

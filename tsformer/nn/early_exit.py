@@ -237,7 +237,8 @@ class EarlyExit:
         if self.position_temp is not None:
             start = cache.start if cache.start is not None else cache.length
             threshold = self.threshold_at(cache.length - start + 1, cache.layers[0].max_len - start)
-        if self.skipped == "defer":
+        if self.skipped == "defer" or any(p is not None for p in cache.pending):
+            # Positions an earlier deferring rule left pending must run before this one.
             return self._run_deferred(blocks, cache, x, threshold, **kwargs)
         done = torch.zeros(N, dtype=torch.bool, device=x.device)
         used = torch.full((N,), n, dtype=torch.long, device=x.device)
