@@ -227,7 +227,7 @@ def early_exit_options(decode: dict[str, Any], default_measure: str, measures: t
     Raises:
         SystemExit: a bad value or a missing companion key, naming the key.
     """
-    from tsformer.nn.early_exit import MEASURES
+    from tsformer.nn.early_exit import MEASURES, SKIPPED
 
     ee = dict(decode.get("early_exit") or {})
     if ee.get("tolerance") is None and ee.get("threshold") is None:
@@ -244,8 +244,6 @@ def early_exit_options(decode: dict[str, Any], default_measure: str, measures: t
                          "one position per forward pass; use decode=sequential")
     out = {"measure": measure, "tolerance": None, "delta": 0.1, "threshold": None, "calibration": None,
            "examples": 100, "position_temp": None, "skipped": str(ee.get("skipped") or "copy")}
-    from tsformer.nn.early_exit import SKIPPED
-
     if out["skipped"] not in SKIPPED:
         raise SystemExit(f"decode.early_exit.skipped={out['skipped']}: choose one of {', '.join(SKIPPED)}")
     if out["skipped"] != "copy" and where != "generation":

@@ -268,7 +268,6 @@ class EarlyExit:
         self.n_layers = n
         self.history.append(used.cpu())
 
-
     def _exits(self, i: int, n: int, done: Tensor, prev: Tensor, cur: Tensor, threshold: float) -> Tensor:
         """Rows not yet exited that exit after block ``i``: ``(N,)`` bool."""
         if i >= n - 1:
