@@ -24,6 +24,13 @@ What it does, per task:
   Greedy CTC decoding for both. Wall time: utterance by utterance (batch 1, as
   ``tsformer.transcribe`` runs).
 
+``--calm-charlm-diagnose`` runs no calibration: it asks how much room the char LM leaves
+for exits at all, teacher-forced on its own greedy continuations of the test prompts
+(:func:`exit_diagnosis`: bpc of every layer's head, per-layer agreement with the last, the
+oracle, and the best single threshold per measure and per-layer softmax thresholds at 0.1%
+and 1% wrong exits per character), into ``benchmarks/results/calm_diagnosis.json`` and
+``benchmarks/RESULTS.md``.
+
 Rows: ``task, method, setting, quality, consistency, avg_layers, passes_per_token, wall_s,
 speedup, device`` (plus the threshold, its p-value and calibration size), appended to
 ``benchmarks/results/decoding.json`` and as a table to ``benchmarks/RESULTS.md`` when run
@@ -38,11 +45,13 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from torch import Tensor
 
 from tsformer.metrics import word_errors
 from tsformer.nn.ctc import ctc_greedy_decode
@@ -57,9 +66,12 @@ from tsformer.nn.early_exit import (
     early_exit_tokens,
     exit_classifier_data,
     held_out_prompts,
+    softmax_confidence,
+    state_confidence,
     token_mismatch,
     tokens_agree,
 )
+from tsformer.nn.longformer import bits_per_char
 from tsformer.train import compose_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +101,9 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
                          "CALM's state propagation; defer: run them later from the true states)")
     ap.add_argument("--calm-position-temps", type=float, nargs="+", default=None,
                     help="char LM: tau of CALM's position-adjusted threshold per row set, 0 = constant (default: 0)")
+    ap.add_argument("--calm-charlm-diagnose", action="store_true",
+                    help="char LM: only the teacher-forced diagnosis (bpc per layer head, agreement, oracle, best "
+                         "single threshold per measure), no calibration; alone, not through decoding.py")
     ap.add_argument("--calm-speech-root", default=None,
                     help="task=librispeech data.root (default: the shipped FSDD sample; its 126 calibration utterances "
                          "cannot certify 1%% at delta 0.1: build a bigger one with data/librispeech_sample/prepare.py)")
@@ -127,7 +142,10 @@ def _timed(fn):
 # -- char LM ------------------------------------------------------------------------------------
 
 
-def charlm_rows(args, device: str) -> list[dict]:
+def _charlm(args, device: str) -> dict:
+    """The trained char LM of the options (training it first if its run has no checkpoint),
+    its calibration and test prompts, the full model's continuations of them, and the
+    exit classifier when the classifier measure is asked for."""
     quick = bool(_opt(args, "quick", False))
     layers = int(_opt(args, "calm_charlm_layers", 6 if quick else 12))
     work = Path(_opt(args, "calm_workdir", ROOT / "outputs" / "bench_calm"))
@@ -157,23 +175,43 @@ def charlm_rows(args, device: str) -> list[dict]:
     def full(prompts):
         return generate_tokens(net, prompts, glen, 0.0, None, True, max_ctx)[:, plen:]
 
-    ref_cal, ref_test = full(cal), full(test)
+    measures = list(_opt(args, "calm_charlm_measures", ["softmax", "state", "classifier"]))
+    classifier = None
+    if "classifier" in measures or _opt(args, "calm_charlm_diagnose", False):
+        # CALM trains its exit classifier on the frozen model's states over training data
+        # (Sec. 3.5): prompts from the training books, so calibration and test stay unseen.
+        fit = held_out_prompts(dm.ids["train"], n_cal, plen + glen, 0, 2).to(device)
+        classifier = ExitClassifier(d, layers).to(device).fit(*exit_classifier_data(net, tokens_agree, fit))
+    return {"net": net, "dm": dm, "layers": layers, "d": d, "ctx": ctx, "steps": steps, "plen": plen, "glen": glen,
+            "cal": cal, "test": test, "full": full, "ref_test": full(test), "max_ctx": max_ctx,
+            "measures": measures, "classifier": classifier}
+
+
+def charlm_diagnose(args, device: str) -> dict:
+    """:func:`exit_diagnosis` of the options' char LM on its test prompts and 64 windows of
+    the test book (``--calm-charlm-diagnose``: no calibration runs)."""
+    m = _charlm(args, device)
+    book = held_out_prompts(m["dm"].ids["test"], 64, min(m["ctx"], 256), 0, 3).to(device)
+    d = exit_diagnosis(m["net"], m["test"], m["ref_test"], book, m["classifier"], fit=(m["cal"], m["full"](m["cal"])))
+    return {**d, "layers": m["layers"], "d_model": m["d"], "context": m["ctx"], "train_steps": m["steps"],
+            "test_n": len(m["test"]), "generated": m["glen"], "prompt_len": m["plen"]}
+
+
+def charlm_rows(args, device: str) -> list[dict]:
+    m = _charlm(args, device)
+    net, layers, d, ctx, steps = m["net"], m["layers"], m["d"], m["ctx"], m["steps"]
+    plen, glen, cal, test, max_ctx = m["plen"], m["glen"], m["cal"], m["test"], m["max_ctx"]
+    ref_test, classifier, measures = m["ref_test"], m["classifier"], m["measures"]
+    ref_cal = m["full"](cal)
     oracle = oracle_layers(net, test, ref_test)
     # Wall time: one long continuation of one test prompt, batch 1.
-    long_steps = 200 if quick else 1000
+    long_steps = 200 if _opt(args, "quick", False) else 1000
     one = test[:1]
     _, t_full = _timed(lambda: generate_tokens(net, one, long_steps, 0.0, None, True, max_ctx))
     _, t_full = _timed(lambda: generate_tokens(net, one, long_steps, 0.0, None, True, max_ctx))  # warm
     cands = candidate_thresholds(16)
     rows = []
     temps = [float(t) or None for t in _opt(args, "calm_position_temps", [0.0])]
-    measures = list(_opt(args, "calm_charlm_measures", ["softmax", "state", "classifier"]))
-    classifier = None
-    if "classifier" in measures:
-        # CALM trains its exit classifier on the frozen model's states over training data
-        # (Sec. 3.5): prompts from the training books, so calibration and test stay unseen.
-        fit = held_out_prompts(dm.ids["train"], n_cal, plen + glen, 0, 2).to(device)
-        classifier = ExitClassifier(d, layers).to(device).fit(*exit_classifier_data(net, tokens_agree, fit))
     modes = list(_opt(args, "calm_skipped", ["copy"]))
     for measure, temp, skipped in [(m, t, k) for k in modes for t in temps for m in measures]:
         seen: dict[float, torch.Tensor] = {}
@@ -226,6 +264,112 @@ def oracle_layers(net, prompts, continuation) -> float:
     agree = preds == preds[-1:]
     first = agree.float().argmax(0) + 1  # first agreeing layer, 1-based (the last always agrees)
     return float(first.float().mean())
+
+
+@torch.no_grad()
+def _teacher_forced(net, prompts, continuation, classifier=None) -> tuple[Tensor, dict, Tensor]:
+    """Per layer, on the full model's own states for ``prompts`` followed by its
+    ``continuation`` ``(B, g)``: whether each head agrees with the last ``(n, B, g)``, each
+    measure's confidence ``(n - 1, B, g)``, and the last head's top-1 probability ``(B, g)``."""
+    tokens = torch.cat([prompts, continuation], dim=1)[:, :-1]
+    plen = prompts.shape[1]
+    hs = [h[:, plen - 1:] for h in net.hidden_states(tokens)]
+    n = len(hs)
+    logits = [net.readout(h).float() for h in hs]
+    preds = torch.stack([lg.argmax(-1) for lg in logits])
+    prev = [net.encoder.embed_tokens(tokens)[:, plen - 1:]] + hs[:-1]
+    conf = {"softmax": torch.stack([softmax_confidence(lg) for lg in logits[:-1]]),
+            "state": torch.stack([state_confidence(prev[i], hs[i]) for i in range(n - 1)])}
+    if classifier is not None:
+        conf["classifier"] = torch.stack([classifier(hs[i], i) for i in range(n - 1)])
+    return preds == preds[-1:], conf, logits[-1].softmax(-1).max(-1).values
+
+
+def _exit_cost(conf: Tensor, agree: Tensor, thresholds: Tensor) -> tuple[float, float]:
+    """Average layers and share of wrong exits (head != last) when each character stops after
+    the first layer ``l`` with ``conf[l] >= thresholds[l]`` (the last layer always stops)."""
+    hit = torch.cat([conf >= thresholds[:, None, None], torch.ones_like(conf[:1], dtype=torch.bool)])
+    first = hit.float().argmax(0)
+    return float(first.float().mean()) + 1, float((~agree.gather(0, first[None])[0]).float().mean())
+
+
+def per_layer_thresholds(conf: Tensor, agree: Tensor, error: float, grid: Sequence[float]) -> Tensor:
+    """Greedy per-layer thresholds ``(n - 1,)`` with at most ``error`` wrong exits on
+    ``conf``/``agree``: from "never", repeatedly lower the one layer's threshold (to a value in
+    ``grid``) that saves the most layers per wrong exit added, while the budget allows."""
+    th = torch.full((conf.shape[0],), 2.0)  # above every confidence in [0, 1] (or [-1, 1])
+    used, wrong = _exit_cost(conf, agree, th)
+    while True:
+        best = None
+        for layer in range(conf.shape[0]):
+            for t in grid:
+                if t >= th[layer]:
+                    continue
+                cand = th.clone()
+                cand[layer] = t
+                u, w = _exit_cost(conf, agree, cand)
+                if w <= error and u < used:
+                    score = (used - u) / max(w - wrong, 1e-9)
+                    if best is None or score > best[0]:
+                        best = (score, cand, u, w)
+        if best is None:
+            return th
+        _, th, used, wrong = best
+
+
+@torch.no_grad()
+def exit_diagnosis(net, prompts, continuation, book, classifier=None, errors=(0.001, 0.01), fit=None) -> dict:
+    """How much room a model leaves CALM, teacher-forced (no exit changes what follows).
+
+    On the full model's greedy ``continuation`` of ``prompts``: per layer, the share of
+    characters whose head agrees with the last layer's; the oracle's layers (first agreeing
+    layer); the share where the full model's top-1 probability is at least 0.9; and, per
+    measure, the fewest layers any single threshold reaches while exiting wrongly (head !=
+    full model's) on at most each share in ``errors`` of the characters: a best case for the
+    calibrated rule, which must also hold on free-running text and with a guarantee. With
+    ``fit`` (other prompts and their full continuation): softmax thresholds chosen per layer
+    on them (:func:`per_layer_thresholds`), then measured here. On ``book`` (``(B, T)`` ids
+    of held-out text): bits per character of every layer's head.
+    """
+    agree, conf, top = _teacher_forced(net, prompts, continuation, classifier)
+    n = agree.shape[0]
+    grid = candidate_thresholds(64, 1e-5)
+    frontier = {}
+    for name, c in conf.items():
+        best = {e: float(n) for e in errors}
+        for t in grid:
+            used, wrong = _exit_cost(c, agree, torch.full((n - 1,), t))
+            for e in errors:
+                if wrong <= e:
+                    best[e] = min(best[e], used)
+        frontier[name] = best
+    per_layer = {}
+    if fit is not None:
+        fit_agree, fit_conf, _ = _teacher_forced(net, *fit)
+        for e in errors:
+            th = per_layer_thresholds(fit_conf["softmax"], fit_agree, e, candidate_thresholds(32, 1e-5))
+            used, wrong = _exit_cost(conf["softmax"], agree, th)
+            per_layer[e] = {"layers": used, "wrong": wrong, "thresholds": [float(t) for t in th]}
+    targets = book[:, 1:]
+    bpc = [float(bits_per_char(net.readout(h[:, :-1]).float(), targets)) for h in net.hidden_states(book)]
+    return {"agree": [float(a.float().mean()) for a in agree], "oracle": float((agree.float().argmax(0) + 1).float().mean()),
+            "top1_ge_0.9": float((top >= 0.9).float().mean()), "bpc": bpc, "frontier": frontier,
+            "per_layer_softmax": per_layer, "errors": list(errors)}
+
+
+def diagnosis_text(d: dict, n: int) -> str:
+    """One paragraph of :func:`exit_diagnosis` for ``RESULTS.md``."""
+    front = "; ".join(f"{m} " + ", ".join(f"{v:.2f} layers at {e:.1%} wrong" for e, v in zip(d["errors"], best.values()))
+                      for m, best in d["frontier"].items())
+    if d.get("per_layer_softmax"):
+        front += ("; softmax with per-layer thresholds chosen on the calibration prompts: " + ", ".join(
+            f"{r['layers']:.2f} layers at {r['wrong']:.2%} wrong (budget {e:.1%})"
+            for e, r in d["per_layer_softmax"].items()))
+    return (f"Teacher-forced room for exits: test bpc {d['bpc'][-1]:.3f} (layer heads "
+            + " / ".join(f"{b:.2f}" for b in d["bpc"]) + f"); the full model's top-1 probability >= 0.9 on "
+            f"{d['top1_ge_0.9']:.1%} of generated characters; heads agreeing with the last per layer "
+            + " / ".join(f"{a:.2f}" for a in d["agree"]) + f"; oracle {d['oracle']:.2f} of {n} layers; "
+            f"best single threshold: {front}.")
 
 
 # -- speech -------------------------------------------------------------------------------------
@@ -356,6 +500,8 @@ def main() -> None:
     add_calm_args(ap)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.calm_charlm_diagnose:
+        return diagnose_main(a)
     t0 = time.perf_counter()
     rows = run_calm(a)
     took = time.perf_counter() - t0
@@ -386,6 +532,28 @@ def main() -> None:
                 f"`PYTHONPATH=. python {' '.join(sys.argv)}`; delta {a.calm_delta}; " + "; ".join(what) +
                 ". Speedup: batch-1 wall time, full model / early exit.\n\n" + table(rows))
     print(table(rows))
+
+
+def diagnose_main(a) -> None:
+    """``--calm-charlm-diagnose``: print :func:`exit_diagnosis`, append it to
+    ``benchmarks/results/calm_diagnosis.json`` and ``benchmarks/RESULTS.md``."""
+    device = "cuda" if a.device == "cuda" and torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    d = charlm_diagnose(a, device)
+    took = time.perf_counter() - t0
+    stamp = {"date": f"{datetime.now():%Y-%m-%d %H:%M}", "machine": platform.node(), "threads": a.threads,
+             "device": device}
+    text = diagnosis_text(d, d["layers"])
+    print(text)
+    out = ROOT / "benchmarks" / "results" / "calm_diagnosis.json"
+    old = json.loads(out.read_text()) if out.exists() else []
+    out.write_text(json.dumps(old + [{**stamp, **d}], indent=1) + "\n")
+    with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+        f.write(f"\n### CALM char LM, teacher-forced diagnosis ({stamp['date']}, {stamp['machine']}, {a.threads} "
+                f"threads, {took:.0f} s)\n\n`PYTHONPATH=. python {' '.join(sys.argv)}`: {d['layers']} layers, d_model "
+                f"{d['d_model']}, context {d['context']}, {d['train_steps']} steps; {d['test_n']} test-book prompts of "
+                f"{d['prompt_len']} characters and the full model's greedy {d['generated']} after each; bpc on 64 "
+                f"windows of the test book. {text}\n")
 
 
 if __name__ == "__main__":
