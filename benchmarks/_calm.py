@@ -258,12 +258,12 @@ def oracle_layers(net, prompts, continuation) -> float:
     argmax is the full model's, on the full model's own states (teacher-forced on its greedy
     ``continuation``, so no exit ever changes what follows). A bound no confidence measure
     reaches; it tells how much depth the model's intermediate heads could save at all."""
-    tokens = torch.cat([prompts, continuation], dim=1)[:, :-1]
-    plen = prompts.shape[1]
-    preds = torch.stack([net.readout(h[:, plen - 1:]).argmax(-1) for h in net.hidden_states(tokens)])  # (n, B, g)
-    agree = preds == preds[-1:]
-    first = agree.float().argmax(0) + 1  # first agreeing layer, 1-based (the last always agrees)
-    return float(first.float().mean())
+    return _oracle(_teacher_forced(net, prompts, continuation)[0])
+
+
+def _oracle(agree: Tensor) -> float:
+    """Mean first layer (1-based) whose head agrees with the last, from ``agree (n, B, g)``."""
+    return float((agree.float().argmax(0) + 1).mean())  # the last layer always agrees
 
 
 @torch.no_grad()
@@ -297,7 +297,7 @@ def per_layer_thresholds(conf: Tensor, agree: Tensor, error: float, grid: Sequen
     """Greedy per-layer thresholds ``(n - 1,)`` with at most ``error`` wrong exits on
     ``conf``/``agree``: from "never", repeatedly lower the one layer's threshold (to a value in
     ``grid``) that saves the most layers per wrong exit added, while the budget allows."""
-    th = torch.full((conf.shape[0],), 2.0)  # above every confidence in [0, 1] (or [-1, 1])
+    th = torch.full((conf.shape[0],), 2.0, device=conf.device)  # above every confidence in [0, 1] (or [-1, 1])
     used, wrong = _exit_cost(conf, agree, th)
     while True:
         best = None
@@ -338,7 +338,7 @@ def exit_diagnosis(net, prompts, continuation, book, classifier=None, errors=(0.
     for name, c in conf.items():
         best = {e: float(n) for e in errors}
         for t in grid:
-            used, wrong = _exit_cost(c, agree, torch.full((n - 1,), t))
+            used, wrong = _exit_cost(c, agree, torch.full((n - 1,), t, device=c.device))
             for e in errors:
                 if wrong <= e:
                     best[e] = min(best[e], used)
@@ -352,7 +352,7 @@ def exit_diagnosis(net, prompts, continuation, book, classifier=None, errors=(0.
             per_layer[e] = {"layers": used, "wrong": wrong, "thresholds": [float(t) for t in th]}
     targets = book[:, 1:]
     bpc = [float(bits_per_char(net.readout(h[:, :-1]).float(), targets)) for h in net.hidden_states(book)]
-    return {"agree": [float(a.float().mean()) for a in agree], "oracle": float((agree.float().argmax(0) + 1).float().mean()),
+    return {"agree": [float(a.float().mean()) for a in agree], "oracle": _oracle(agree),
             "top1_ge_0.9": float((top >= 0.9).float().mean()), "bpc": bpc, "frontier": frontier,
             "per_layer_softmax": per_layer, "errors": list(errors)}
 
