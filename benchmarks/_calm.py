@@ -263,7 +263,7 @@ def oracle_layers(net, prompts, continuation) -> float:
 
 def _oracle(agree: Tensor) -> float:
     """Mean first layer (1-based) whose head agrees with the last, from ``agree (n, B, g)``."""
-    return float((agree.float().argmax(0) + 1).mean())  # the last layer always agrees
+    return float((agree.float().argmax(0) + 1).float().mean())  # the last layer always agrees
 
 
 @torch.no_grad()

@@ -86,6 +86,7 @@ def test_diagnosis_on_a_char_lm_is_consistent():
     book = torch.randint(0, 23, (3, 17))
     d = bench.exit_diagnosis(net, prompts, cont, book, errors=(0.0, 1.0))
     assert len(d["agree"]) == 4 and d["agree"][-1] == 1.0 and 1.0 <= d["oracle"] <= 4.0
+    assert bench.oracle_layers(net, prompts, cont) == d["oracle"]
     for best in d["frontier"].values():
         # Exiting only where the head agrees costs at least the oracle's layers; allowing any
         # error, the most permissive threshold stops every softmax character at layer 1.
