@@ -103,7 +103,8 @@ def add_calm_args(ap: argparse.ArgumentParser) -> None:
                     help="char LM: tau of CALM's position-adjusted threshold per row set, 0 = constant (default: 0)")
     ap.add_argument("--calm-charlm-diagnose", action="store_true",
                     help="char LM: only the teacher-forced diagnosis (bpc per layer head, agreement, oracle, best "
-                         "single threshold per measure), no calibration; alone, not through decoding.py")
+                         "single threshold per measure, per-layer softmax thresholds), no calibration; alone, not "
+                         "through decoding.py")
     ap.add_argument("--calm-speech-root", default=None,
                     help="task=librispeech data.root (default: the shipped FSDD sample; its 126 calibration utterances "
                          "cannot certify 1%% at delta 0.1: build a bigger one with data/librispeech_sample/prepare.py)")
@@ -461,11 +462,22 @@ def _line(r: dict) -> str:
             f"{q}, layers {r['avg_layers']:.2f}/{r['layers']}, speedup {r['speedup']:.2f}x")
 
 
+def _device(args) -> str:
+    """``--device``, or the CPU when CUDA is asked for and absent."""
+    device = str(_opt(args, "device", "cpu"))
+    return "cpu" if device == "cuda" and not torch.cuda.is_available() else device
+
+
+def _append_json(path: Path, records: list[dict]) -> None:
+    """Append ``records`` to the JSON list in ``path`` (created with its folder if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(old + records, indent=1, default=str) + "\n")
+
+
 def run_calm(args) -> list[dict]:
     """All CALM rows for ``benchmarks/decoding.py`` (see the module docstring)."""
-    device = str(_opt(args, "device", "cpu"))
-    if device == "cuda" and not torch.cuda.is_available():
-        device = "cpu"
+    device = _device(args)
     rows = []
     parts = _opt(args, "calm_parts", ["charlm", "speech"])
     if "charlm" in parts:
@@ -507,10 +519,7 @@ def main() -> None:
     took = time.perf_counter() - t0
     stamp = {"date": f"{datetime.now():%Y-%m-%d %H:%M}", "machine": platform.node(), "threads": a.threads,
              "load_avg": os.getloadavg()[0], "quick": a.quick}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(out.read_text()) if out.exists() else []
-    out.write_text(json.dumps(old + [{**stamp, **r} for r in rows], indent=1, default=str) + "\n")
+    _append_json(Path(a.out), [{**stamp, **r} for r in rows])
     with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
         # Described from the rows (what was run), not from the defaults again.
         what = []
@@ -537,7 +546,7 @@ def main() -> None:
 def diagnose_main(a) -> None:
     """``--calm-charlm-diagnose``: print :func:`exit_diagnosis`, append it to
     ``benchmarks/results/calm_diagnosis.json`` and ``benchmarks/RESULTS.md``."""
-    device = "cuda" if a.device == "cuda" and torch.cuda.is_available() else "cpu"
+    device = _device(a)
     t0 = time.perf_counter()
     d = charlm_diagnose(a, device)
     took = time.perf_counter() - t0
@@ -545,9 +554,7 @@ def diagnose_main(a) -> None:
              "device": device}
     text = diagnosis_text(d, d["layers"])
     print(text)
-    out = ROOT / "benchmarks" / "results" / "calm_diagnosis.json"
-    old = json.loads(out.read_text()) if out.exists() else []
-    out.write_text(json.dumps(old + [{**stamp, **d}], indent=1) + "\n")
+    _append_json(ROOT / "benchmarks" / "results" / "calm_diagnosis.json", [{**stamp, **d}])
     with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
         f.write(f"\n### CALM char LM, teacher-forced diagnosis ({stamp['date']}, {stamp['machine']}, {a.threads} "
                 f"threads, {took:.0f} s)\n\n`PYTHONPATH=. python {' '.join(sys.argv)}`: {d['layers']} layers, d_model "
